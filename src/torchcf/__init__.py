@@ -1,0 +1,3 @@
+"""torchcf: collaborative filtering from implicit feedback, in PyTorch."""
+
+__version__ = "0.1.0"

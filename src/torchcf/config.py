@@ -1,0 +1,75 @@
+"""Frozen configuration dataclasses; the CLI flags map 1:1 to their fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torchcf.errors import ConfigError
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (the seed's settings are the defaults)."""
+
+    model: str = "gmf"
+    embedding_dim: int = 32
+    epochs: int = 20
+    batch_size: int = 256
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0
+    num_negatives: int = 4
+    eval_negatives: int = 99
+    k: int = 10
+    validation: bool = True
+    select_by: str = "auto"  # "validation", "test", or "auto" (validation when there is one)
+    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
+    seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    step: str = "auto"  # "auto" (analytic for MF/GMF), "analytic", "autograd"
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        positive = ("embedding_dim", "epochs", "batch_size", "k")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("weight_decay", "patience", "eval_negatives"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.num_negatives < 1:
+            raise ConfigError(f"num_negatives must be at least 1, got {self.num_negatives}")
+        if self.select_by not in ("auto", "validation", "test"):
+            raise ConfigError(f"select_by must be auto, validation or test, got {self.select_by!r}")
+        if self.select_by == "validation" and not self.validation:
+            raise ConfigError("select_by='validation' needs a validation holdout (validation=True)")
+        if self.step not in ("auto", "analytic", "autograd"):
+            raise ConfigError(f"step must be auto, analytic or autograd, got {self.step!r}")
+        if self.init_std <= 0:
+            raise ConfigError(f"init_std must be positive, got {self.init_std}")
+
+    @property
+    def selection(self) -> str:
+        """The holdout that selects the best epoch."""
+        if self.select_by == "auto":
+            return "validation" if self.validation else "test"
+        return self.select_by
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,19 @@
+"""User-facing errors: one class whose message is printed as a single line by the CLI."""
+
+from __future__ import annotations
+
+
+class TorchcfError(Exception):
+    """An error caused by the user's input (files, ids, options), not by a bug.
+
+    The CLI prints ``error: <message>`` on one line and exits with status 2; library callers can
+    catch it like any other exception.
+    """
+
+
+class DataError(TorchcfError, ValueError):
+    """Malformed, empty or inconsistent data."""
+
+
+class ConfigError(TorchcfError, ValueError):
+    """An impossible or contradictory option."""

@@ -1,0 +1,167 @@
+"""Training steps: the one place where a batch becomes a parameter update.
+
+``AutogradStep`` works for any model (autograd + a torch optimizer). ``DotProductAdamStep`` is
+the exact same update for the MF/GMF family with the gradient written out by hand and Adam
+applied to one flat buffer holding every parameter: identical results (tested against
+``torch.optim.Adam``), several times less per-step overhead on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+
+from torchcf.config import TrainConfig
+from torchcf.errors import ConfigError
+from torchcf.losses import bce_with_logits
+from torchcf.models import GMF, MF, Recommender
+
+__all__ = ["AutogradStep", "DotProductAdamStep", "TrainStep", "make_step"]
+
+
+class TrainStep(Protocol):
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Update the parameters on one batch; return the batch's logits before the update.
+
+        The trainer computes the epoch's loss from them in one vectorised call at the end, which
+        keeps a loss reduction (several small ops) out of every step.
+        """
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _adam(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+    device_type = params[0].device.type
+    fused = device_type in ("cpu", "cuda")
+    return torch.optim.Adam(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
+    )
+
+
+class AutogradStep:
+    """Forward, BCE on logits, backward, Adam: works for every model."""
+
+    def __init__(self, model: Recommender, config: TrainConfig) -> None:
+        self.model = model
+        self.optimizer = _adam([p for p in model.parameters() if p.requires_grad], config)
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.model(users, items)
+        loss = bce_with_logits(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return logits.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class DotProductAdamStep:
+    """Exact BCE + Adam for ``MF`` (``Σ p⊙q``) and ``GMF`` (``hᵀ(p⊙q) + b``) without autograd.
+
+    With ``x = p_u ⊙ q_i``, logit ``z``, batch size ``B`` and ``g = (σ(z) − y) / B``:
+    ``∂L/∂p_u = g·(w ⊙ q_i)``, ``∂L/∂q_i = g·(w ⊙ p_u)`` (``w = h`` for GMF, 1 for MF),
+    ``∂L/∂h = Σ g x``, ``∂L/∂b = Σ g``. The model's parameters become views of one flat buffer so
+    that Adam (the formula of ``torch.optim.Adam``, L2 via ``weight_decay``) is one fused update.
+    """
+
+    def __init__(self, model: MF, config: TrainConfig) -> None:
+        if not isinstance(model, MF):
+            raise ConfigError(f"the analytic step supports mf and gmf, not {model.name}")
+        self.model = model
+        self.has_head = isinstance(model, GMF)
+        params = [model.user_embedding.weight, model.item_embedding.weight]
+        if self.has_head:
+            params += [model.head.weight, model.head.bias]
+        with torch.no_grad():
+            self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        self.grad = torch.zeros_like(self.flat)
+        views, grads, offset = [], [], 0
+        for p in params:
+            n = p.numel()
+            views.append(self.flat[offset : offset + n].view_as(p))
+            grads.append(self.grad[offset : offset + n].view_as(p))
+            offset += n
+        for p, view in zip(params, views, strict=True):
+            p.data = view  # the module now reads and writes the flat buffer
+        self.P, self.Q = views[0], views[1]
+        self.gP, self.gQ = grads[0], grads[1]
+        if self.has_head:
+            self.h, self.b = views[2][0], views[3]
+            self.gh, self.gb = grads[2][0], grads[3]
+        self.lr = config.learning_rate
+        self.weight_decay = config.weight_decay
+        self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
+        self.steps = torch.zeros((), dtype=torch.float32, device=self.flat.device)
+        self._fused = hasattr(torch, "_fused_adam_") and self.flat.device.type in ("cpu", "cuda")
+
+    @torch.no_grad()
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pu = self.P.index_select(0, users)
+        qi = self.Q.index_select(0, items)
+        x = pu * qi
+        logits = torch.addmv(self.b, x, self.h) if self.has_head else x.sum(1)
+        g = torch.sigmoid(logits).sub_(labels).div_(len(users))
+        self.grad.zero_()
+        if self.has_head:
+            torch.mv(x.T, g, out=self.gh)
+            self.gb.copy_(g.sum().reshape(1))
+            coef = g[:, None] * self.h
+        else:
+            coef = g[:, None]
+        self.gP.index_add_(0, users, coef * qi)
+        self.gQ.index_add_(0, items, coef * pu)
+        self._adam_update()
+        return logits
+
+    def _adam_update(self) -> None:
+        self.steps += 1  # torch.optim.Adam also counts the step before the fused kernel
+        if self._fused:
+            torch._fused_adam_(
+                [self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps],
+                lr=self.lr, beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay,
+                eps=self.eps, amsgrad=False, maximize=False,
+            )
+            return
+        # the same formula as torch.optim.Adam's single-tensor path
+        step = float(self.steps)
+        grad = self.grad.add(self.flat, alpha=self.weight_decay) if self.weight_decay else self.grad
+        self.exp_avg.lerp_(grad, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        bias1 = 1 - self.beta1**step
+        bias2_sqrt = math.sqrt(1 - self.beta2**step)
+        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / bias1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "exp_avg": self.exp_avg.clone(),
+            "exp_avg_sq": self.exp_avg_sq.clone(),
+            "steps": self.steps.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.steps.copy_(state["steps"])
+
+
+def make_step(model: Recommender, config: TrainConfig) -> TrainStep:
+    """The analytic step for MF/GMF (unless ``config.step == 'autograd'``), else autograd."""
+    analytic_ok = isinstance(model, MF)
+    if config.step == "analytic" and not analytic_ok:
+        raise ConfigError(f"--step analytic supports mf and gmf, not {model.name}")
+    if config.step == "autograd" or not analytic_ok:
+        return AutogradStep(model, config)
+    return DotProductAdamStep(model, config)

@@ -1,0 +1,273 @@
+"""One trainer for every neural model.
+
+Each epoch draws fresh exact negatives for the whole epoch in a few vectorised calls (seeded by
+``(seed, epoch)``, so a resumed run repeats exactly the epochs an uninterrupted run would), shuffles
+index tensors, and feeds batches as slices to the training step. Ranks of a future
+``torchrun`` launch take every ``world_size``-th sample of the shuffled epoch (``rank``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchcf.config import TrainConfig
+from torchcf.errors import ConfigError, TorchcfError
+from torchcf.evaluation import hit_rate, holdout_ranks, ndcg
+from torchcf.io import atomic_path
+from torchcf.losses import bce_with_logits
+from torchcf.models import Recommender
+from torchcf.sampling import sample_negatives
+from torchcf.split import Split
+from torchcf.steps import make_step
+
+__all__ = ["EpochRecord", "FitResult", "Trainer", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; a CUDA request without CUDA is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu or cuda[:N])") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class EpochRecord:
+    """One epoch's figures. ``val_*`` are None without a validation holdout."""
+
+    epoch: int
+    loss: float
+    test_hr: float
+    test_ndcg: float
+    val_hr: float | None
+    val_ndcg: float | None
+    train_seconds: float
+    eval_seconds: float
+
+    def score(self, holdout: str) -> tuple[float, float]:
+        """(HR, NDCG) on ``holdout``: the key that selects the best epoch."""
+        if holdout == "test":
+            return (self.test_hr, self.test_ndcg)
+        return (self.val_hr or 0.0, self.val_ndcg or 0.0)
+
+
+@dataclass
+class FitResult:
+    """What ``Trainer.fit`` returns: the history and the selected epochs."""
+
+    history: list[EpochRecord]
+    selected: EpochRecord
+    selected_by: str
+    best_test: EpochRecord
+    stopped_early: bool
+    state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+
+Callback = Callable[["Trainer", EpochRecord], None]
+
+
+class Trainer:
+    """Trains ``model`` on ``split.train`` and evaluates it on the holdouts after every epoch."""
+
+    def __init__(
+        self,
+        model: Recommender,
+        split: Split,
+        config: TrainConfig,
+        callbacks: Sequence[Callback] = (),
+        rank: int = 0,
+        world_size: int = 1,
+        progress: Callable[[int], Any] | None = None,
+    ) -> None:
+        if world_size > 1 and not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
+            raise ConfigError("world_size > 1 needs an initialised torch.distributed process group")
+        if config.selection == "validation" and split.validation is None:
+            raise ConfigError("selecting by validation needs a split with a validation holdout")
+        self.model = model
+        self.split = split
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.rank, self.world_size = rank, world_size
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.model.to(self.device)
+        self.step = make_step(self.model, config)
+        train = split.train
+        self._pos_users = torch.tensor(train.users, device=self.device)
+        self._pos_items = torch.tensor(train.items, device=self.device)
+        self._neg_users = np.repeat(train.users, config.num_negatives)
+        self._candidates = {
+            h.name: torch.as_tensor(h.candidates(), device=self.device)
+            for h in (split.test, split.validation)
+            if h is not None
+        }
+        self.history: list[EpochRecord] = []
+        self.best: EpochRecord | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stop = False
+        self._stale = 0
+
+    # -- data --------------------------------------------------------------------------------
+    def epoch_samples(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shuffled ``(users, items, labels)`` for one epoch: every positive plus fresh negatives."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        negatives = sample_negatives(self.split.train, self._neg_users, rng)
+        n_pos, n_neg = len(self._pos_users), len(negatives)
+        users = torch.cat([self._pos_users, torch.as_tensor(self._neg_users, device=self.device)])
+        items = torch.cat([self._pos_items, torch.as_tensor(negatives, device=self.device)])
+        labels = torch.cat(
+            [torch.ones(n_pos, device=self.device), torch.zeros(n_neg, device=self.device)]
+        )
+        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+        perm = torch.randperm(n_pos + n_neg, generator=gen).to(self.device)
+        if self.world_size > 1:
+            perm = perm[self.rank :: self.world_size]
+        return users[perm], items[perm], labels[perm]
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the epoch's samples; returns the mean training loss."""
+        users, items, labels = self.epoch_samples(epoch)
+        self.model.train()
+        size = self.config.batch_size
+        logits = []
+        batches = zip(users.split(size), items.split(size), labels.split(size), strict=True)
+        for batch_users, batch_items, batch_labels in batches:
+            logits.append(self.step(batch_users, batch_items, batch_labels))
+            if self.progress is not None:
+                self.progress(len(batch_users))
+        mean = float(bce_with_logits(torch.cat(logits).double(), labels.double())) if logits else 0.0
+        if not math.isfinite(mean):
+            raise TorchcfError(
+                f"training diverged at epoch {epoch} (loss {mean}); try a lower --lr"
+            )
+        return mean
+
+    def evaluate(self) -> dict[str, tuple[float, float]]:
+        """(HR@k, NDCG@k) on each holdout."""
+        k = self.config.k
+        out = {}
+        for holdout in (self.split.test, self.split.validation):
+            if holdout is None:
+                continue
+            ranks = holdout_ranks(
+                self.model, holdout, self.device, candidates=self._candidates[holdout.name]
+            )
+            out[holdout.name] = (hit_rate(ranks, k), ndcg(ranks, k))
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        selection = self.config.selection
+        first = len(self.history) + 1
+        for epoch in range(first, self.config.epochs + 1):
+            t0 = time.perf_counter()
+            loss = self.train_epoch(epoch)
+            t1 = time.perf_counter()
+            metrics = self.evaluate()
+            t2 = time.perf_counter()
+            val = metrics.get("validation")
+            record = EpochRecord(
+                epoch=epoch,
+                loss=loss,
+                test_hr=metrics["test"][0],
+                test_ndcg=metrics["test"][1],
+                val_hr=None if val is None else val[0],
+                val_ndcg=None if val is None else val[1],
+                train_seconds=t1 - t0,
+                eval_seconds=t2 - t1,
+            )
+            self.history.append(record)
+            if self.best is None or record.score(selection) > self.best.score(selection):
+                self.best = record
+                self.best_state = _clone_state(self.model)
+                self._stale = 0
+            else:
+                self._stale += 1
+            if self.config.patience and self._stale >= self.config.patience:
+                self.stop = True
+            for callback in self.callbacks:
+                callback(self, record)
+            if self.stop:
+                break
+        if self.best is None or self.best_state is None:
+            raise TorchcfError("no epoch was trained")
+        best_test = max(self.history, key=lambda r: r.score("test"))
+        return FitResult(
+            history=list(self.history),
+            selected=self.best,
+            selected_by=selection,
+            best_test=best_test,
+            stopped_early=self.stop and len(self.history) < self.config.epochs,
+            state=self.best_state,
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Everything needed to continue after the last finished epoch, written atomically."""
+        state = {
+            "config": self.config.to_dict(),
+            "model": _clone_state(self.model),
+            "step": self.step.state_dict(),
+            "history": [dataclasses.asdict(r) for r in self.history],
+            "best_epoch": None if self.best is None else self.best.epoch,
+            "best_state": self.best_state,
+            "stale": self._stale,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from a checkpoint written by ``save_checkpoint`` with the same config."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise TorchcfError(f"cannot read checkpoint {path}: {exc}") from None
+        saved = TrainConfig.from_dict(state["config"])
+        changed = [
+            name
+            for name, value in saved.to_dict().items()
+            if name not in ("epochs", "patience", "device") and getattr(self.config, name) != value
+        ]
+        if changed:
+            raise ConfigError(f"checkpoint {path} was made with other settings: {', '.join(changed)}")
+        with torch.no_grad():
+            for name, tensor in self.model.state_dict().items():
+                tensor.copy_(state["model"][name])
+        self.step.load_state_dict(state["step"])
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.best_state = state["best_state"]
+        self.best = next((r for r in self.history if r.epoch == state["best_epoch"]), None)
+        self._stale = int(state["stale"])
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def checkpoint_callback(path: str | Path) -> Callback:
+    """A callback that checkpoints after every epoch."""
+
+    def save(trainer: Trainer, record: EpochRecord) -> None:
+        trainer.save_checkpoint(path)
+
+    return save
+
+
+__all__ += ["checkpoint_callback"]

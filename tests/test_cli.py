@@ -1,0 +1,162 @@
+"""The CLI end to end on a tiny dataset (subprocess), and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_rows, write_ml1m
+
+FAST = ["--epochs", "2", "--factors", "4", "--batch-size", "64", "--eval-negatives", "5", "--no-progress"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "torchcf", *args],
+        capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("ml")
+    write_ml1m(directory / "ratings.dat", tiny_rows(num_users=12, num_items=20, per_user=6))
+    (directory / "movies.dat").write_text("".join(f"{i}::Movie {i} (2000)::Drama\n" for i in range(1, 21)))
+    return directory
+
+
+def test_train_end_to_end(tiny, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", str(tiny), "--model", "gmf", "--out", str(out), *FAST)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+    assert any(line.startswith("selected epoch") and "by validation" in line for line in lines)
+    assert any(line.startswith("best test epoch") for line in lines)
+    for name in ("config.json", "metrics.csv", "metrics.json", "learning_curve.png", "model/weights.pt",
+                 "model/config.json", "model/user_ids.json", "model/item_ids.json", "model/seen.npz"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoint.pt").exists()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp leftovers
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"loss", "test_hr@10", "test_ndcg@10", "val_hr@10", "train_seconds", "eval_seconds"} <= set(rows[0])
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["selected"]["by"] == "validation"
+    assert summary["protocol"]["split"] == "leave-one-out" and summary["protocol"]["k"] == 10
+    assert summary["source"]["titles"].endswith("movies.dat")
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["embedding_dim"] == 4 and config["train"]["epochs"] == 2
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_python_dash_m_and_ncf_dir_select_by_test(tmp_path):
+    ncf = tmp_path / "ncf"
+    ncf.mkdir()
+    train = [(u, i) for u in range(6) for i in range(8) if (u + i) % 3]
+    (ncf / "t.train.rating").write_text("".join(f"{u}\t{i}\t5\n" for u, i in train))
+    (ncf / "t.test.rating").write_text("".join(f"{u}\t{(u * 3) % 8 if (u + (u * 3) % 8) % 3 == 0 else 9}\t5\t1\n" for u in range(6)))
+    tests = [line.split("\t")[:2] for line in (ncf / "t.test.rating").read_text().splitlines()]
+    (ncf / "t.test.negative").write_text("".join(f"({u},{i})\t10\t11\t10\n" for u, i in tests))
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", str(ncf), "--model", "mf", "--out", str(out), "--no-validation", *FAST)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["selected"]["by"] == "test"
+    assert any("duplicate" in note for note in summary["protocol"]["notes"])
+
+
+def test_resume_continues_a_run(tiny, tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("train", "--data", str(tiny), "--out", str(out), *FAST)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("train", "--data", str(tiny), "--out", str(out), *FAST)
+    assert again.returncode == 2 and "exists" in again.stderr
+    # simulate a killed run: a checkpoint after epoch 1 is all that remains
+    import torch
+
+    from torchcf.config import TrainConfig
+    from torchcf.experiment import DataSpec, load_split
+    from torchcf.models import build_model
+    from torchcf.training import Trainer
+
+    config = TrainConfig(epochs=2, embedding_dim=4, batch_size=64, eval_negatives=5)
+    split, _ = load_split(DataSpec(path=str(tiny)), config)
+    model = build_model("gmf", split.num_users, split.num_items, seed=0, embedding_dim=4)
+    trainer = Trainer(model, split, config.replace(epochs=1))
+    trainer.fit()
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    trainer.save_checkpoint(killed / "checkpoint.pt")
+    resumed = run_cli("train", "--data", str(tiny), "--out", str(killed), "--resume", *FAST)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after epoch 1" in resumed.stdout
+    assert [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("epoch ")] == ["2/2"]
+    a = json.loads((out / "metrics.json").read_text())["selected"]
+    b = json.loads((killed / "metrics.json").read_text())["selected"]
+    assert a == b
+    assert torch.equal(
+        torch.load(out / "model" / "weights.pt", weights_only=True)["user_embedding.weight"],
+        torch.load(killed / "model" / "weights.pt", weights_only=True)["user_embedding.weight"],
+    )
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode != 0
+    err = result.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert fragment in err, err
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    malformed = tmp_path / "bad" / "ratings.dat"
+    malformed.parent.mkdir()
+    malformed.write_text("1::1::5::1\n1::2::5\n1::3::4::3::9\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    single = tmp_path / "single" / "ratings.dat"
+    single.parent.mkdir()
+    single.write_text("1::1::5::1\n1::2::5::2\n2::1::4::3\n")
+    out = str(tmp_path / "o")
+    cases = [
+        (("--data", str(malformed)), "line 3: expected at most 4 fields, saw 5"),
+        (("--data", str(empty)), "empty"),
+        (("--data", str(tmp_path / "missing.csv")), "file not found"),
+        (("--dataset", "ml-2m"), "unknown dataset 'ml-2m'"),
+        (("--data", str(single)), "user 2 has a single interaction"),
+        (("--data", str(single), "--epochs", "0"), "epochs must be positive"),
+        (("--data", str(single), "--epochs", "x"), "invalid int value"),
+        (("--data", str(single), "--device", "cuda:7"), "device"),
+        (("--data", str(single), "--no-validation", "--select", "validation"), "validation"),
+    ]
+    for args, fragment in cases:
+        _assert_one_line_error(run_cli("train", *args, "--out", out, "--no-progress"), fragment)
+
+
+def test_offline_named_dataset_says_where_to_put_it(tmp_path):
+    result = run_cli(
+        "train", "--dataset", "ml-100k", "--no-download", "--no-progress", "--out", str(tmp_path / "o"),
+        env={"TORCHCF_DATA_DIR": str(tmp_path / "cache")},
+    )
+    _assert_one_line_error(result, "put ml-100k.zip there")
+    assert str(tmp_path / "cache") in result.stderr
+
+
+def test_named_dataset_from_data_dir(tmp_path, tiny):
+    cache = tmp_path / "cache" / "ml-100k"
+    cache.mkdir(parents=True)
+    rows = (tiny / "ratings.dat").read_text().replace("::", "\t")
+    (cache / "u.data").write_text(rows)
+    result = run_cli(
+        "train", "--dataset", "ml-100k", "--out", str(tmp_path / "run"), *FAST,
+        env={"TORCHCF_DATA_DIR": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["source"]["dataset"] == "ml-100k"

@@ -1,0 +1,100 @@
+"""The trainer: selection, early stopping, divergence guard, checkpoint/resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import planted
+
+from torchcf.config import TrainConfig
+from torchcf.errors import ConfigError, TorchcfError
+from torchcf.models import build_model
+from torchcf.split import leave_one_out
+from torchcf.training import Trainer
+
+
+def _setup(**overrides):
+    data = planted(num_users=80, num_items=40, groups=4, per_user=8)
+    split = leave_one_out(data, num_negatives=20, seed=0)
+    config = TrainConfig(**{"model": "gmf", "embedding_dim": 8, "epochs": 4, "batch_size": 32,
+                            "learning_rate": 0.01, **overrides})
+    model = build_model(config.model, data.num_users, data.num_items, seed=0, embedding_dim=8)
+    return model, split, config
+
+
+def test_epoch_samples_are_exact_and_balanced():
+    model, split, config = _setup(num_negatives=3)
+    trainer = Trainer(model, split, config)
+    users, items, labels = trainer.epoch_samples(1)
+    assert len(users) == 4 * len(split.train)
+    assert int(labels.sum()) == len(split.train)
+    neg = labels == 0
+    assert not split.train.contains(users[neg].numpy(), items[neg].numpy()).any()
+    again = trainer.epoch_samples(1)
+    assert torch.equal(again[1], items) and not torch.equal(trainer.epoch_samples(2)[1], items)
+
+
+def test_selection_records_both_views():
+    model, split, config = _setup(epochs=5)
+    fit = Trainer(model, split, config).fit()
+    assert fit.selected_by == "validation"
+    best_val = max((r.val_hr, r.val_ndcg) for r in fit.history)
+    assert (fit.selected.val_hr, fit.selected.val_ndcg) == best_val
+    assert fit.best_test.test_hr == max(r.test_hr for r in fit.history)
+    assert len(fit.history) == 5
+
+
+def test_early_stopping():
+    model, split, config = _setup(epochs=30, patience=1, learning_rate=0.3)
+    fit = Trainer(model, split, config).fit()
+    assert fit.stopped_early and len(fit.history) < 30
+
+
+def test_divergence_is_reported(monkeypatch):
+    model, split, config = _setup(step="autograd")
+    trainer = Trainer(model, split, config)
+    with torch.no_grad():
+        model.user_embedding.weight.fill_(float("nan"))
+    with pytest.raises(TorchcfError, match="diverged at epoch 1"):
+        trainer.fit()
+
+
+def test_validation_selection_needs_validation():
+    with pytest.raises(ConfigError):
+        TrainConfig(select_by="validation", validation=False)
+    model, split, config = _setup()
+    no_val = leave_one_out(planted(num_users=80, num_items=40, groups=4, per_user=8), 20, validation=False)
+    with pytest.raises(ConfigError, match="validation"):
+        Trainer(model, no_val, config.replace(select_by="validation"))
+
+
+@pytest.mark.parametrize("step", ["analytic", "autograd"])
+def test_resume_repeats_an_uninterrupted_run(tmp_path, step):
+    model, split, config = _setup(epochs=4, step=step)
+    straight = Trainer(model, split, config).fit()
+
+    model2, _, _ = _setup(step=step)
+    first = Trainer(model2, split, config.replace(epochs=2))
+    first.fit()
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+
+    model3, _, _ = _setup(step=step)
+    resumed = Trainer(model3, split, config)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    fit = resumed.fit()
+    assert [r.epoch for r in fit.history] == [1, 2, 3, 4]
+    assert np.allclose([r.loss for r in fit.history], [r.loss for r in straight.history], rtol=1e-6)
+    for a, b in zip(model.state_dict().values(), model3.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_checkpoint_with_other_settings_is_refused(tmp_path):
+    model, split, config = _setup(epochs=1)
+    trainer = Trainer(model, split, config)
+    trainer.fit()
+    trainer.save_checkpoint(tmp_path / "c.pt")
+    model2, _, _ = _setup()
+    other = Trainer(model2, split, config.replace(learning_rate=0.5))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        other.load_checkpoint(tmp_path / "c.pt")
