@@ -48,7 +48,10 @@ def planted(
         items.extend(chosen)
     users_arr = np.array(users)
     return Interactions(
-        users_arr, np.array(items), num_users, num_items,
+        users_arr,
+        np.array(items),
+        num_users,
+        num_items,
         timestamps=rng.permutation(len(users_arr)).astype(np.int64),
     )
 
@@ -58,7 +61,9 @@ def write_ml1m(path: Path, rows: list[tuple[int, int, int, int]]) -> Path:
     return path
 
 
-def tiny_rows(num_users: int = 8, num_items: int = 12, per_user: int = 5, seed: int = 0) -> list[tuple[int, int, int, int]]:
+def tiny_rows(
+    num_users: int = 8, num_items: int = 12, per_user: int = 5, seed: int = 0
+) -> list[tuple[int, int, int, int]]:
     """MovieLens-style rows (1-based ids, ratings 1..5, increasing timestamps)."""
     rng = np.random.default_rng(seed)
     rows = []

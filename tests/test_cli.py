@@ -10,16 +10,33 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import tiny_rows, write_ml1m
 
-FAST = ["--epochs", "2", "--factors", "4", "--batch-size", "64", "--eval-negatives", "5", "--no-progress"]
+FAST = [
+    "--epochs",
+    "2",
+    "--factors",
+    "4",
+    "--batch-size",
+    "64",
+    "--eval-negatives",
+    "5",
+    "--no-progress",
+]
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "torchcf", *args],
-        capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=300,
     )
 
 
@@ -27,7 +44,9 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
 def tiny(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("ml")
     write_ml1m(directory / "ratings.dat", tiny_rows(num_users=12, num_items=20, per_user=6))
-    (directory / "movies.dat").write_text("".join(f"{i}::Movie {i} (2000)::Drama\n" for i in range(1, 21)))
+    (directory / "movies.dat").write_text(
+        "".join(f"{i}::Movie {i} (2000)::Drama\n" for i in range(1, 21))
+    )
     return directory
 
 
@@ -39,14 +58,30 @@ def test_train_end_to_end(tiny, tmp_path):
     assert sum(line.startswith("epoch ") for line in lines) == 2
     assert any(line.startswith("selected epoch") and "by validation" in line for line in lines)
     assert any(line.startswith("best test epoch") for line in lines)
-    for name in ("config.json", "metrics.csv", "metrics.json", "learning_curve.png", "model/weights.pt",
-                 "model/config.json", "model/user_ids.json", "model/item_ids.json", "model/seen.npz"):
+    for name in (
+        "config.json",
+        "metrics.csv",
+        "metrics.json",
+        "learning_curve.png",
+        "model/weights.pt",
+        "model/config.json",
+        "model/user_ids.json",
+        "model/item_ids.json",
+        "model/seen.npz",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "checkpoint.pt").exists()
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temp leftovers
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert {"loss", "test_hr@10", "test_ndcg@10", "val_hr@10", "train_seconds", "eval_seconds"} <= set(rows[0])
+    assert {
+        "loss",
+        "test_hr@10",
+        "test_ndcg@10",
+        "val_hr@10",
+        "train_seconds",
+        "eval_seconds",
+    } <= set(rows[0])
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["selected"]["by"] == "validation"
     assert summary["protocol"]["split"] == "leave-one-out" and summary["protocol"]["k"] == 10
@@ -61,11 +96,17 @@ def test_python_dash_m_and_ncf_dir_select_by_test(tmp_path):
     ncf.mkdir()
     train = [(u, i) for u in range(6) for i in range(8) if (u + i) % 3]
     (ncf / "t.train.rating").write_text("".join(f"{u}\t{i}\t5\n" for u, i in train))
-    (ncf / "t.test.rating").write_text("".join(f"{u}\t{(u * 3) % 8 if (u + (u * 3) % 8) % 3 == 0 else 9}\t5\t1\n" for u in range(6)))
+    (ncf / "t.test.rating").write_text(
+        "".join(
+            f"{u}\t{(u * 3) % 8 if (u + (u * 3) % 8) % 3 == 0 else 9}\t5\t1\n" for u in range(6)
+        )
+    )
     tests = [line.split("\t")[:2] for line in (ncf / "t.test.rating").read_text().splitlines()]
     (ncf / "t.test.negative").write_text("".join(f"({u},{i})\t10\t11\t10\n" for u, i in tests))
     out = tmp_path / "run"
-    result = run_cli("train", "--data", str(ncf), "--model", "mf", "--out", str(out), "--no-validation", *FAST)
+    result = run_cli(
+        "train", "--data", str(ncf), "--model", "mf", "--out", str(out), "--no-validation", *FAST
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["selected"]["by"] == "test"
@@ -97,7 +138,9 @@ def test_resume_continues_a_run(tiny, tmp_path):
     resumed = run_cli("train", "--data", str(tiny), "--out", str(killed), "--resume", *FAST)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed after epoch 1" in resumed.stdout
-    assert [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("epoch ")] == ["2/2"]
+    assert [
+        line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("epoch ")
+    ] == ["2/2"]
     a = json.loads((out / "metrics.json").read_text())["selected"]
     b = json.loads((killed / "metrics.json").read_text())["selected"]
     assert a == b
@@ -142,7 +185,13 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
 
 def test_offline_named_dataset_says_where_to_put_it(tmp_path):
     result = run_cli(
-        "train", "--dataset", "ml-100k", "--no-download", "--no-progress", "--out", str(tmp_path / "o"),
+        "train",
+        "--dataset",
+        "ml-100k",
+        "--no-download",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "o"),
         env={"TORCHCF_DATA_DIR": str(tmp_path / "cache")},
     )
     _assert_one_line_error(result, "put ml-100k.zip there")
@@ -155,8 +204,16 @@ def test_named_dataset_from_data_dir(tmp_path, tiny):
     rows = (tiny / "ratings.dat").read_text().replace("::", "\t")
     (cache / "u.data").write_text(rows)
     result = run_cli(
-        "train", "--dataset", "ml-100k", "--out", str(tmp_path / "run"), *FAST,
+        "train",
+        "--dataset",
+        "ml-100k",
+        "--out",
+        str(tmp_path / "run"),
+        *FAST,
         env={"TORCHCF_DATA_DIR": str(tmp_path / "cache")},
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["source"]["dataset"] == "ml-100k"
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["source"]["dataset"]
+        == "ml-100k"
+    )

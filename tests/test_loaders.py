@@ -9,8 +9,8 @@ import pytest
 from torchcf.data.loaders import (
     find_ncf_files,
     load_interactions_table,
-    load_ml100k,
     load_ml1m,
+    load_ml100k,
     load_ncf_files,
     load_path,
     load_titles,
@@ -122,7 +122,9 @@ def test_table_missing_column(tmp_path):
 
 def test_titles_both_formats(tmp_path):
     movies = tmp_path / "movies.dat"
-    movies.write_bytes("1::Toy Story (1995)::Animation\n2::Caf\xe9 (1999)::Drama\n".encode("latin-1"))
+    movies.write_bytes(
+        "1::Toy Story (1995)::Animation\n2::Caf\xe9 (1999)::Drama\n".encode("latin-1")
+    )
     assert load_titles(movies) == {1: "Toy Story (1995)", 2: "Caf\xe9 (1999)"}
     uitem = tmp_path / "u.item"
     uitem.write_bytes(b"1|Toy Story (1995)|01-Jan-1995||http://x|0|0\n")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import planted
 
+from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.evaluation import hit_rate, holdout_ranks, positive_ranks
 from torchcf.models import GMF, MF, MODELS, Recommender, build_model
@@ -49,7 +49,10 @@ def test_initialisation_follows_the_paper():
     assert not hasattr(MF(3, 3), "head")
     a = build_model("gmf", 5, 5, seed=1)
     b = build_model("gmf", 5, 5, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -75,7 +78,9 @@ def _popularity_hr(split, k):
 def test_learns_planted_structure_and_beats_popularity(name):
     data = planted(num_users=200, num_items=80, groups=4, per_user=10)
     split = leave_one_out(data, num_negatives=40, seed=0)
-    config = TrainConfig(model=name, embedding_dim=8, epochs=15, batch_size=64, learning_rate=0.02, k=5)
+    config = TrainConfig(
+        model=name, embedding_dim=8, epochs=15, batch_size=64, learning_rate=0.02, k=5
+    )
     model = build_model(name, data.num_users, data.num_items, seed=0, embedding_dim=8, init_std=0.1)
     Trainer(model, split, config).fit()
     hr = hit_rate(holdout_ranks(model, split.test), 5)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import planted
 
+from conftest import planted
 from torchcf.data.interactions import Interactions
 from torchcf.errors import DataError
 from torchcf.sampling import sample_negatives, sample_unseen_candidates
@@ -32,7 +32,9 @@ def test_negatives_cover_the_unseen_items_roughly_uniformly():
 def test_nearly_complete_users_fall_back_to_their_complement():
     # user 0 has seen 199 of 200 items: rejection sampling alone would need ~200 rounds
     data = Interactions(np.zeros(199, dtype=np.int64), np.arange(199), 1, 200)
-    negs = sample_negatives(data, np.zeros(50, dtype=np.int64), np.random.default_rng(0), max_rounds=2)
+    negs = sample_negatives(
+        data, np.zeros(50, dtype=np.int64), np.random.default_rng(0), max_rounds=2
+    )
     assert (negs == 199).all()
     cands = sample_unseen_candidates(data, np.array([0]), 5, np.random.default_rng(0), max_rounds=1)
     assert cands.tolist() == [[199, -1, -1, -1, -1]]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import planted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import planted
 from torchcf.data.interactions import Interactions
 from torchcf.data.loaders import NcfData
 from torchcf.errors import DataError
@@ -52,7 +52,10 @@ def test_candidates_are_unseen_distinct_and_seeded():
 def test_users_with_few_unseen_items_get_all_of_them():
     # 6 items; user 0 has seen 4, so only 2 candidates exist
     data = Interactions(
-        np.array([0, 0, 0, 0, 1, 1]), np.array([0, 1, 2, 3, 0, 1]), 2, 6,
+        np.array([0, 0, 0, 0, 1, 1]),
+        np.array([0, 1, 2, 3, 0, 1]),
+        2,
+        6,
         timestamps=np.arange(6),
     )
     split = leave_one_out(data, num_negatives=4, validation=False)
@@ -61,7 +64,9 @@ def test_users_with_few_unseen_items_get_all_of_them():
 
 
 def test_timestamp_ties_are_broken_by_line_order():
-    data = Interactions(np.array([0, 0, 0]), np.array([2, 0, 1]), 1, 5, timestamps=np.array([7, 7, 7]))
+    data = Interactions(
+        np.array([0, 0, 0]), np.array([2, 0, 1]), 1, 5, timestamps=np.array([7, 7, 7])
+    )
     split = leave_one_out(data, num_negatives=1, validation=True)
     assert split.test.items.tolist() == [1] and split.validation.items.tolist() == [0]
 
@@ -87,10 +92,15 @@ def test_split_properties_hold_for_random_data(seed, per_user):
     data = planted(num_users=15, num_items=40, groups=2, per_user=per_user, seed=seed)
     split = leave_one_out(data, num_negatives=10, seed=seed)
     assert len(split.test) == 15
-    assert not _pairs(split.train.users, split.train.items) & _pairs(split.test.users, split.test.items)
+    assert not _pairs(split.train.users, split.train.items) & _pairs(
+        split.test.users, split.test.items
+    )
     negs = split.test.negatives
     valid = negs >= 0
-    assert not (data.contains(np.broadcast_to(split.test.users[:, None], negs.shape), np.maximum(negs, 0)) & valid).any()
+    assert not (
+        data.contains(np.broadcast_to(split.test.users[:, None], negs.shape), np.maximum(negs, 0))
+        & valid
+    ).any()
 
 
 def test_ncf_split_cleans_candidates():
@@ -111,7 +121,6 @@ def test_ncf_split_cleans_candidates():
 
 def test_real_ncf_split_if_present():
     from conftest import shared_data
-
     from torchcf.data.loaders import find_ncf_files, load_ncf_files
 
     directory = shared_data() / "ml-1m" / "ncf"

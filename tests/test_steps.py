@@ -1,4 +1,4 @@
-"""The analytic MF/GMF step must equal autograd + torch.optim.Adam, so speed never changes results."""
+"""The analytic MF/GMF step equals autograd + torch.optim.Adam: speed never changes results."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def test_analytic_step_matches_torch_adam(name, weight_decay, fused):
         optimizer.step()
         fast_logits = step(users, items, labels)
         assert torch.allclose(fast_logits, logits.detach(), rtol=1e-4, atol=1e-6)
-    for (key, want), got in zip(reference.state_dict().items(), fast.state_dict().values(), strict=True):
+    for (key, want), got in zip(
+        reference.state_dict().items(), fast.state_dict().values(), strict=True
+    ):
         rel = (got - want).norm() / want.norm()
         assert rel < 1e-4, (key, float(rel))
 
@@ -53,6 +55,9 @@ def test_make_step_choice():
 def test_bce_with_logits_closed_form():
     logits = torch.tensor([0.0, 2.0, -1.0])
     labels = torch.tensor([1.0, 0.0, 1.0])
-    expected = (torch.log(torch.tensor(2.0)) + torch.log1p(torch.exp(torch.tensor(2.0)))
-                + torch.log1p(torch.exp(torch.tensor(1.0)))) / 3
+    expected = (
+        torch.log(torch.tensor(2.0))
+        + torch.log1p(torch.exp(torch.tensor(2.0)))
+        + torch.log1p(torch.exp(torch.tensor(1.0)))
+    ) / 3
     assert torch.isclose(bce_with_logits(logits, labels), expected)

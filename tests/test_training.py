@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import planted
 
+from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.models import build_model
@@ -17,8 +17,16 @@ from torchcf.training import Trainer
 def _setup(**overrides):
     data = planted(num_users=80, num_items=40, groups=4, per_user=8)
     split = leave_one_out(data, num_negatives=20, seed=0)
-    config = TrainConfig(**{"model": "gmf", "embedding_dim": 8, "epochs": 4, "batch_size": 32,
-                            "learning_rate": 0.01, **overrides})
+    config = TrainConfig(
+        **{
+            "model": "gmf",
+            "embedding_dim": 8,
+            "epochs": 4,
+            "batch_size": 32,
+            "learning_rate": 0.01,
+            **overrides,
+        }
+    )
     model = build_model(config.model, data.num_users, data.num_items, seed=0, embedding_dim=8)
     return model, split, config
 
@@ -64,7 +72,9 @@ def test_validation_selection_needs_validation():
     with pytest.raises(ConfigError):
         TrainConfig(select_by="validation", validation=False)
     model, split, config = _setup()
-    no_val = leave_one_out(planted(num_users=80, num_items=40, groups=4, per_user=8), 20, validation=False)
+    no_val = leave_one_out(
+        planted(num_users=80, num_items=40, groups=4, per_user=8), 20, validation=False
+    )
     with pytest.raises(ConfigError, match="validation"):
         Trainer(model, no_val, config.replace(select_by="validation"))
 

@@ -25,24 +25,39 @@ class _Parser(argparse.ArgumentParser):
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     source = group.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=None, metavar="NAME",
-                        help="a named dataset, downloaded on first use: ml-1m, ml-100k")
-    source.add_argument("--data", metavar="PATH",
-                        help="an NCF split directory, a MovieLens ratings.dat/u.data (or its "
-                        "directory), or a CSV/TSV/Parquet table")
-    group.add_argument("--data-dir", metavar="DIR",
-                       help="where named datasets are stored (default: $TORCHCF_DATA_DIR or "
-                       "~/.cache/torchcf)")
+    source.add_argument(
+        "--dataset",
+        choices=None,
+        metavar="NAME",
+        help="a named dataset, downloaded on first use: ml-1m, ml-100k",
+    )
+    source.add_argument(
+        "--data",
+        metavar="PATH",
+        help="an NCF split directory, a MovieLens ratings.dat/u.data (or its "
+        "directory), or a CSV/TSV/Parquet table",
+    )
+    group.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where named datasets are stored (default: $TORCHCF_DATA_DIR or ~/.cache/torchcf)",
+    )
     group.add_argument("--no-download", action="store_true", help="never download; fail instead")
     group.add_argument("--user-col", default="user", help="table column of user ids (default user)")
     group.add_argument("--item-col", default="item", help="table column of item ids (default item)")
     group.add_argument("--rating-col", help="table column of ratings (optional)")
     group.add_argument("--time-col", help="table column of timestamps (optional)")
     group.add_argument("--sep", help="field separator of a CSV/TSV table (default by extension)")
-    group.add_argument("--min-rating", type=float,
-                       help="count only ratings ≥ this as positive interactions")
-    group.add_argument("--min-user-interactions", type=int, default=0, metavar="N",
-                       help="drop users with fewer than N distinct items before splitting")
+    group.add_argument(
+        "--min-rating", type=float, help="count only ratings ≥ this as positive interactions"
+    )
+    group.add_argument(
+        "--min-user-interactions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop users with fewer than N distinct items before splitting",
+    )
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,37 +67,79 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = parser.add_argument_group("model and training")
     g.add_argument("--model", default=d.model, choices=sorted(MODELS), help="default gmf")
-    g.add_argument("--factors", dest="embedding_dim", type=int, default=d.embedding_dim,
-                   help=f"embedding size (default {d.embedding_dim})")
+    g.add_argument(
+        "--factors",
+        dest="embedding_dim",
+        type=int,
+        default=d.embedding_dim,
+        help=f"embedding size (default {d.embedding_dim})",
+    )
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    g.add_argument("--lr", dest="learning_rate", type=float, default=d.learning_rate,
-                   help=f"Adam learning rate (default {d.learning_rate})")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="L2 penalty in Adam (default 0)")
-    g.add_argument("--negatives", dest="num_negatives", type=int, default=d.num_negatives,
-                   help=f"training negatives per positive, resampled every epoch (default {d.num_negatives})")
-    g.add_argument("--init-std", type=float, default=d.init_std,
-                   help=f"std of the N(0, std) embedding init (default {d.init_std})")
-    g.add_argument("--step", default=d.step, choices=["auto", "analytic", "autograd"],
-                   help="training step: auto = analytic gradients for mf/gmf (exact, faster)")
+    g.add_argument(
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=d.learning_rate,
+        help=f"Adam learning rate (default {d.learning_rate})",
+    )
+    g.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help="L2 penalty in Adam (default 0)"
+    )
+    g.add_argument(
+        "--negatives",
+        dest="num_negatives",
+        type=int,
+        default=d.num_negatives,
+        help=f"training negatives per positive, resampled every epoch (default {d.num_negatives})",
+    )
+    g.add_argument(
+        "--init-std",
+        type=float,
+        default=d.init_std,
+        help=f"std of the N(0, std) embedding init (default {d.init_std})",
+    )
+    g.add_argument(
+        "--step",
+        default=d.step,
+        choices=["auto", "analytic", "autograd"],
+        help="training step: auto = analytic gradients for mf/gmf (exact, faster)",
+    )
     g.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     g.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda[:N]")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     e = parser.add_argument_group("evaluation")
     e.add_argument("-k", "--k", dest="k", type=int, default=d.k, help=f"cut-off (default {d.k})")
-    e.add_argument("--eval-negatives", type=int, default=d.eval_negatives,
-                   help=f"sampled candidates per held-out item (default {d.eval_negatives})")
-    e.add_argument("--no-validation", dest="validation", action="store_false",
-                   help="no validation holdout (the seed's training set exactly)")
-    e.add_argument("--select", dest="select_by", default=d.select_by,
-                   choices=["auto", "validation", "test"],
-                   help="holdout that selects the best epoch (auto: validation when present)")
-    e.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many epochs without improvement (0 = never)")
+    e.add_argument(
+        "--eval-negatives",
+        type=int,
+        default=d.eval_negatives,
+        help=f"sampled candidates per held-out item (default {d.eval_negatives})",
+    )
+    e.add_argument(
+        "--no-validation",
+        dest="validation",
+        action="store_false",
+        help="no validation holdout (the seed's training set exactly)",
+    )
+    e.add_argument(
+        "--select",
+        dest="select_by",
+        default=d.select_by,
+        choices=["auto", "validation", "test"],
+        help="holdout that selects the best epoch (auto: validation when present)",
+    )
+    e.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop after this many epochs without improvement (0 = never)",
+    )
     o = parser.add_argument_group("output")
     o.add_argument("--out", help="run directory (default runs/<model>-<timestamp>)")
-    o.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    o.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
     o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -93,19 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="torchcf", description="Collaborative filtering from implicit feedback.")
     parser.add_argument("--version", action="version", version=f"torchcf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    train = sub.add_parser("train", help="split, train, evaluate and save a model",
-                           description="Load data, split leave-one-out, train, evaluate every "
-                           "epoch and save the run directory.")
+    train = sub.add_parser(
+        "train",
+        help="split, train, evaluate and save a model",
+        description="Load data, split leave-one-out, train, evaluate every "
+        "epoch and save the run directory.",
+    )
     _add_data_flags(train)
     _add_train_flags(train)
     return parser
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from torchcf.config import TrainConfig
     from torchcf.experiment import DataSpec, run_training
-
-    import torch
 
     if args.threads < 0:
         raise TorchcfError("--threads must be non-negative")
@@ -113,23 +173,45 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # Adam's moments of rarely-seen rows decay into denormals
     spec = DataSpec(
-        dataset=args.dataset, path=args.data, data_dir=args.data_dir,
-        user_col=args.user_col, item_col=args.item_col, rating_col=args.rating_col,
-        time_col=args.time_col, sep=args.sep, min_rating=args.min_rating,
-        min_user_interactions=args.min_user_interactions, download=not args.no_download,
+        dataset=args.dataset,
+        path=args.data,
+        data_dir=args.data_dir,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        rating_col=args.rating_col,
+        time_col=args.time_col,
+        sep=args.sep,
+        min_rating=args.min_rating,
+        min_user_interactions=args.min_user_interactions,
+        download=not args.no_download,
     )
     config = TrainConfig(
-        model=args.model, embedding_dim=args.embedding_dim, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, num_negatives=args.num_negatives,
-        eval_negatives=args.eval_negatives, k=args.k, validation=args.validation,
-        select_by=args.select_by, patience=args.patience, seed=args.seed, device=args.device,
-        step=args.step, init_std=args.init_std,
+        model=args.model,
+        embedding_dim=args.embedding_dim,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        num_negatives=args.num_negatives,
+        eval_negatives=args.eval_negatives,
+        k=args.k,
+        validation=args.validation,
+        select_by=args.select_by,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        step=args.step,
+        init_std=args.init_std,
     )
     out = args.out or os.path.join("runs", f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_training(
-        spec, config, out, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.no_progress, command=["torchcf", *sys.argv[1:]],
+        spec,
+        config,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        command=["torchcf", *sys.argv[1:]],
     )
     return 0
 

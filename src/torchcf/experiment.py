@@ -75,12 +75,20 @@ def filter_users(data: Interactions, min_count: int) -> Interactions:
     user_map = IdMap(data.user_map.to_id(user_ids)) if data.user_map else IdMap(user_ids)
     item_map = IdMap(data.item_map.to_id(item_ids)) if data.item_map else IdMap(item_ids)
     return Interactions(
-        users, items, len(user_ids), len(item_ids),
-        timestamps=kept.timestamps, ratings=kept.ratings, user_map=user_map, item_map=item_map,
+        users,
+        items,
+        len(user_ids),
+        len(item_ids),
+        timestamps=kept.timestamps,
+        ratings=kept.ratings,
+        user_map=user_map,
+        item_map=item_map,
     )
 
 
-def load_split(spec: DataSpec, config: TrainConfig, progress: bool = True) -> tuple[Split, dict[str, Any]]:
+def load_split(
+    spec: DataSpec, config: TrainConfig, progress: bool = True
+) -> tuple[Split, dict[str, Any]]:
     """Read the data named by ``spec`` and split it as ``config`` says; returns a source summary."""
     source: dict[str, Any] = {}
     if spec.dataset is not None:
@@ -98,7 +106,9 @@ def load_split(spec: DataSpec, config: TrainConfig, progress: bool = True) -> tu
         ncf = find_ncf_files(path) if path.is_dir() else None
         if ncf is not None:
             if spec.min_rating is not None or spec.min_user_interactions > 1:
-                raise ConfigError("--min-rating/--min-user-interactions do not apply to an NCF split")
+                raise ConfigError(
+                    "--min-rating/--min-user-interactions do not apply to an NCF split"
+                )
             data_ncf = load_ncf_files(ncf)
             split = ncf_split(
                 data_ncf, config.eval_negatives, validation=config.validation, seed=config.seed
@@ -163,7 +173,11 @@ def summarise(fit: FitResult, config: TrainConfig, split: Split) -> dict[str, An
         hr, nd = record.score(holdout)
         return {f"hr@{k}": hr, f"ndcg@{k}": nd}
 
-    selected: dict[str, Any] = {"by": fit.selected_by, "epoch": sel.epoch, "test": metrics(sel, "test")}
+    selected: dict[str, Any] = {
+        "by": fit.selected_by,
+        "epoch": sel.epoch,
+        "test": metrics(sel, "test"),
+    }
     if sel.val_hr is not None:
         selected["validation"] = metrics(sel, "validation")
     history = fit.history
@@ -172,7 +186,8 @@ def summarise(fit: FitResult, config: TrainConfig, split: Split) -> dict[str, An
         "best_test": {
             "epoch": best.epoch,
             **metrics(best, "test"),
-            "note": "the epoch with the best test HR, as the seed write-up reported it (optimistic: "
+            "note": "the epoch with the best test HR, as the seed write-up reported it "
+            "(optimistic: "
             "chosen on the test set)",
         },
         "epochs_run": len(history),
@@ -206,7 +221,9 @@ def run_training(
     checkpoint = out / "checkpoint.pt"
     if out.exists() and any(out.iterdir()) and not resume:
         if not overwrite:
-            raise ConfigError(f"output directory {out} exists; use --resume, --overwrite or another --out")
+            raise ConfigError(
+                f"output directory {out} exists; use --resume, --overwrite or another --out"
+            )
         shutil.rmtree(out)
     if resume and not checkpoint.exists():
         raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
@@ -221,8 +238,12 @@ def run_training(
     for note in split.protocol.get("notes", []):
         echo(f"note: {note}")
     model = build_model(
-        config.model, split.num_users, split.num_items, seed=config.seed,
-        embedding_dim=config.embedding_dim, init_std=config.init_std,
+        config.model,
+        split.num_users,
+        split.num_items,
+        seed=config.seed,
+        embedding_dim=config.embedding_dim,
+        init_std=config.init_std,
     )
     run_config = {
         "train": config.to_dict(),
@@ -238,7 +259,9 @@ def run_training(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=0, unit="sample", unit_scale=True, leave=False, file=sys.stderr, disable=None)
+        bar = tqdm(
+            total=0, unit="sample", unit_scale=True, leave=False, file=sys.stderr, disable=None
+        )
 
     def on_step(n: int) -> None:
         bar.update(n)
@@ -250,7 +273,9 @@ def run_training(
         write_metrics_csv(out / "metrics.csv", trainer.history, config.k)
 
     trainer = Trainer(
-        model, split, config,
+        model,
+        split,
+        config,
         callbacks=[on_epoch, checkpoint_callback(checkpoint)],
         progress=on_step if bar is not None else None,
     )
@@ -281,13 +306,17 @@ def run_training(
         "versions": _versions(),
     }
     save_model(
-        out / "model", model, split.train,
+        out / "model",
+        model,
+        split.train,
         metadata={"train_config": config.to_dict(), "source": source, "metrics": summary},
         state=fit.state,
     )
     write_metrics_csv(out / "metrics.csv", fit.history, config.k)
     write_learning_curve(
-        out / "learning_curve.png", fit.history, config.k,
+        out / "learning_curve.png",
+        fit.history,
+        config.k,
         title=f"{config.model.upper()} on {_source_name(source)}",
         selected_epoch=fit.selected.epoch,
     )

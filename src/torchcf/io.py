@@ -65,7 +65,7 @@ def _json_default(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path`` that replaces ``path`` when the block succeeds."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

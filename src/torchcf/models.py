@@ -40,8 +40,7 @@ class Recommender(nn.Module):
         """Logits of every item for each user: ``(B,) -> (B, num_items)``."""
         items = torch.arange(self.num_items, device=users.device)
         out = [
-            self(users[s : s + chunk, None], items[None, :])
-            for s in range(0, len(users), chunk)
+            self(users[s : s + chunk, None], items[None, :]) for s in range(0, len(users), chunk)
         ]
         return torch.cat(out) if out else torch.zeros(0, self.num_items, device=users.device)
 

@@ -98,7 +98,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if config.get("format") != FORMAT:
         raise DataError(f"{config_path}: not a torchcf model (format {config.get('format')!r})")
     if config.get("format_version", 0) > FORMAT_VERSION:
-        raise DataError(f"{config_path}: made by a newer torchcf (format {config['format_version']})")
+        raise DataError(
+            f"{config_path}: made by a newer torchcf (format {config['format_version']})"
+        )
     name = config["model"]
     if name not in MODELS:
         raise DataError(f"{config_path}: unknown model {name!r}")
@@ -110,7 +112,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         item_map = IdMap.load(path / "item_ids.json")
         seen_npz = np.load(path / "seen.npz")
         seen = sp.csr_matrix(
-            (np.ones(len(seen_npz["indices"]), dtype=np.float32), seen_npz["indices"], seen_npz["indptr"]),
+            (
+                np.ones(len(seen_npz["indices"]), dtype=np.float32),
+                seen_npz["indices"],
+                seen_npz["indptr"],
+            ),
             shape=tuple(seen_npz["shape"]),
         )
     except (OSError, RuntimeError, KeyError, ValueError) as exc:

@@ -60,9 +60,16 @@ def write_learning_curve(
     for ax, metric in zip(axes, ("hr", "ndcg"), strict=True):
         ax.plot(epochs, [getattr(r, f"test_{metric}") for r in history], "o-", label="test")
         if history and history[0].val_hr is not None:
-            ax.plot(epochs, [getattr(r, f"val_{metric}") for r in history], "s--", label="validation")
+            ax.plot(
+                epochs, [getattr(r, f"val_{metric}") for r in history], "s--", label="validation"
+            )
         if selected_epoch is not None:
-            ax.axvline(selected_epoch, color="grey", linestyle=":", label=f"selected (epoch {selected_epoch})")
+            ax.axvline(
+                selected_epoch,
+                color="grey",
+                linestyle=":",
+                label=f"selected (epoch {selected_epoch})",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{metric.upper()}@{k}")
         ax.set_title(f"{metric.upper()}@{k}")

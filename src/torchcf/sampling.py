@@ -89,7 +89,7 @@ def sample_unseen_candidates(
     todo = np.arange(m)
     for _ in range(max_rounds):
         sub = out[todo]
-        bad = (known.contains(users[todo][:, None], np.maximum(sub, 0)) | _duplicate_mask(sub))
+        bad = known.contains(users[todo][:, None], np.maximum(sub, 0)) | _duplicate_mask(sub)
         bad &= active[todo]
         rows_bad = bad.any(axis=1)
         todo = todo[rows_bad]

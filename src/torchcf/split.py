@@ -47,8 +47,12 @@ class Holdout:
 
     def as_interactions(self, like: Interactions) -> Interactions:
         return Interactions(
-            self.users, self.items, like.num_users, like.num_items,
-            user_map=like.user_map, item_map=like.item_map,
+            self.users,
+            self.items,
+            like.num_users,
+            like.num_items,
+            user_map=like.user_map,
+            item_map=like.item_map,
         )
 
 
@@ -106,7 +110,12 @@ def _hold_out_last(
 
 
 def _holdout(
-    name: str, known: Interactions, users: np.ndarray, items: np.ndarray, num: int, rng: np.random.Generator
+    name: str,
+    known: Interactions,
+    users: np.ndarray,
+    items: np.ndarray,
+    num: int,
+    rng: np.random.Generator,
 ) -> Holdout:
     order = np.argsort(users, kind="stable")
     users, items = users[order], items[order]
@@ -133,7 +142,7 @@ def leave_one_out(
     validation: bool = True,
     seed: int = 0,
 ) -> Split:
-    """Hold out each user's latest interaction as the test item (and the next latest for validation).
+    """Hold out each user's latest interaction for test (and the next latest for validation).
 
     Duplicated (user, item) events are collapsed first, so train ∩ test = ∅. Every user needs at
     least two distinct items (one to train on, one to test). Validation holds out a user's latest
@@ -147,9 +156,12 @@ def leave_one_out(
     present = counts > 0
     single = np.flatnonzero(present & (counts < 2))
     if single.size:
-        raw = (data.user_map.to_id(single[:1]) if data.user_map is not None else single[:1]).tolist()[0]
+        raw = (
+            data.user_map.to_id(single[:1]) if data.user_map is not None else single[:1]
+        ).tolist()[0]
         raise DataError(
-            f"user {raw!r} has a single interaction ({single.size} such users); leave-one-out needs "
+            f"user {raw!r} has a single interaction ({single.size} such users); "
+            "leave-one-out needs "
             "at least 2 per user: drop them with --min-user-interactions 2"
         )
     rng = np.random.default_rng(seed)
@@ -198,8 +210,12 @@ def ncf_split(
         raw[mask] = np.concatenate(ncf.test_negatives)
     valid = raw >= 0
     is_positive = valid & (raw == items[:, None])
-    in_train = valid & train.contains(np.broadcast_to(users[:, None], raw.shape), np.maximum(raw, 0))
-    sorted_idx = np.argsort(np.where(valid, raw, -1 - np.arange(width)[None, :]), axis=1, kind="stable")
+    in_train = valid & train.contains(
+        np.broadcast_to(users[:, None], raw.shape), np.maximum(raw, 0)
+    )
+    sorted_idx = np.argsort(
+        np.where(valid, raw, -1 - np.arange(width)[None, :]), axis=1, kind="stable"
+    )
     ordered = np.take_along_axis(raw, sorted_idx, axis=1)
     dup_sorted = np.zeros_like(valid)
     dup_sorted[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)

@@ -22,7 +22,9 @@ __all__ = ["AutogradStep", "DotProductAdamStep", "TrainStep", "make_step"]
 
 
 class TrainStep(Protocol):
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Update the parameters on one batch; return the batch's logits before the update.
 
         The trainer computes the epoch's loss from them in one vectorised call at the end, which
@@ -50,7 +52,9 @@ class AutogradStep:
         self.model = model
         self.optimizer = _adam([p for p in model.parameters() if p.requires_grad], config)
 
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         logits = self.model(users, items)
         loss = bce_with_logits(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -93,11 +97,14 @@ class DotProductAdamStep:
             offset += n
         for p, view in zip(params, views, strict=True):
             p.data = view  # the module now reads and writes the flat buffer
-        self.P, self.Q = views[0], views[1]
-        self.gP, self.gQ = grads[0], grads[1]
+        # users' and items' rows are adjacent in the buffer: one table, one gather, one scatter
+        rows = model.num_users + model.num_items
+        self.table = self.flat[: rows * model.embedding_dim].view(rows, model.embedding_dim)
+        self.table_grad = self.grad[: rows * model.embedding_dim].view(rows, model.embedding_dim)
+        self.num_users = model.num_users
         if self.has_head:
             self.h, self.b = views[2][0], views[3]
-            self.gh, self.gb = grads[2][0], grads[3]
+            self.head_grad = self.grad[rows * model.embedding_dim :]  # [∂h..., ∂b]
         self.lr = config.learning_rate
         self.weight_decay = config.weight_decay
         self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
@@ -107,21 +114,24 @@ class DotProductAdamStep:
         self._fused = hasattr(torch, "_fused_adam_") and self.flat.device.type in ("cpu", "cuda")
 
     @torch.no_grad()
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pu = self.P.index_select(0, users)
-        qi = self.Q.index_select(0, items)
-        x = pu * qi
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        n = len(users)
+        shifted = items + self.num_users
+        order = torch.cat([users, shifted, users])
+        rows = self.table.index_select(0, order[: 2 * n]).view(2, n, -1)  # [p_u; q_i]
+        x = rows[0] * rows[1]
         logits = torch.addmv(self.b, x, self.h) if self.has_head else x.sum(1)
-        g = torch.sigmoid(logits).sub_(labels).div_(len(users))
-        self.grad.zero_()
+        g = torch.sigmoid(logits).sub_(labels).div_(n)
+        self.table_grad.zero_()
         if self.has_head:
-            torch.mv(x.T, g, out=self.gh)
-            self.gb.copy_(g.sum().reshape(1))
+            torch.cat([x.T @ g, g.sum().reshape(1)], out=self.head_grad)
             coef = g[:, None] * self.h
         else:
             coef = g[:, None]
-        self.gP.index_add_(0, users, coef * qi)
-        self.gQ.index_add_(0, items, coef * pu)
+        # ∂q_i = coef ⊙ p_u and ∂p_u = coef ⊙ q_i: scatter [p_u; q_i]·coef to [items; users]
+        self.table_grad.index_add_(0, order[n:], rows.mul(coef).view(2 * n, -1))
         self._adam_update()
         return logits
 
@@ -129,9 +139,19 @@ class DotProductAdamStep:
         self.steps += 1  # torch.optim.Adam also counts the step before the fused kernel
         if self._fused:
             torch._fused_adam_(
-                [self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps],
-                lr=self.lr, beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay,
-                eps=self.eps, amsgrad=False, maximize=False,
+                [self.flat],
+                [self.grad],
+                [self.exp_avg],
+                [self.exp_avg_sq],
+                [],
+                [self.steps],
+                lr=self.lr,
+                beta1=self.beta1,
+                beta2=self.beta2,
+                weight_decay=self.weight_decay,
+                eps=self.eps,
+                amsgrad=False,
+                maximize=False,
             )
             return
         # the same formula as torch.optim.Adam's single-tensor path

@@ -97,7 +97,10 @@ class Trainer:
             torch.distributed.is_available() and torch.distributed.is_initialized()
         ):
             raise ConfigError("world_size > 1 needs an initialised torch.distributed process group")
-        if config.selection == "validation" and split.validation is None:
+        self.selection = config.select_by
+        if self.selection == "auto":
+            self.selection = "validation" if split.validation is not None else "test"
+        if self.selection == "validation" and split.validation is None:
             raise ConfigError("selecting by validation needs a split with a validation holdout")
         self.model = model
         self.split = split
@@ -125,7 +128,7 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------------------
     def epoch_samples(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Shuffled ``(users, items, labels)`` for one epoch: every positive plus fresh negatives."""
+        """Shuffled ``(users, items, labels)`` of one epoch: every positive, fresh negatives."""
         rng = np.random.default_rng([self.config.seed, epoch])
         negatives = sample_negatives(self.split.train, self._neg_users, rng)
         n_pos, n_neg = len(self._pos_users), len(negatives)
@@ -152,7 +155,9 @@ class Trainer:
             logits.append(self.step(batch_users, batch_items, batch_labels))
             if self.progress is not None:
                 self.progress(len(batch_users))
-        mean = float(bce_with_logits(torch.cat(logits).double(), labels.double())) if logits else 0.0
+        mean = (
+            float(bce_with_logits(torch.cat(logits).double(), labels.double())) if logits else 0.0
+        )
         if not math.isfinite(mean):
             raise TorchcfError(
                 f"training diverged at epoch {epoch} (loss {mean}); try a lower --lr"
@@ -174,7 +179,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> FitResult:
-        selection = self.config.selection
+        selection = self.selection
         first = len(self.history) + 1
         for epoch in range(first, self.config.epochs + 1):
             t0 = time.perf_counter()
@@ -246,7 +251,9 @@ class Trainer:
             if name not in ("epochs", "patience", "device") and getattr(self.config, name) != value
         ]
         if changed:
-            raise ConfigError(f"checkpoint {path} was made with other settings: {', '.join(changed)}")
+            raise ConfigError(
+                f"checkpoint {path} was made with other settings: {', '.join(changed)}"
+            )
         with torch.no_grad():
             for name, tensor in self.model.state_dict().items():
                 tensor.copy_(state["model"][name])

@@ -88,20 +88,24 @@ def _download(spec: DatasetSpec, target: Path, progress: bool) -> None:
     try:
         with urllib.request.urlopen(spec.url, timeout=60) as response:  # noqa: S310 (https URL)
             total = int(response.headers.get("Content-Length") or 0) or None
-            with open(partial, "wb") as out, tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                desc=f"downloading {spec.name}",
-                disable=not progress,
-                file=sys.stderr,
-            ) as bar:
+            with (
+                open(partial, "wb") as out,
+                tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"downloading {spec.name}",
+                    disable=not progress,
+                    file=sys.stderr,
+                ) as bar,
+            ):
                 for block in iter(lambda: response.read(1 << 16), b""):
                     out.write(block)
                     bar.update(len(block))
         if total is not None and partial.stat().st_size != total:
             raise DataError(
-                f"download of {spec.url} was cut short ({partial.stat().st_size} of {total} bytes); "
+                f"download of {spec.url} was cut short "
+                f"({partial.stat().st_size} of {total} bytes); "
                 "the partial file was removed, run again"
             )
         os.replace(partial, target)
@@ -144,7 +148,8 @@ def fetch_dataset(
     if problem is not None:
         archive.unlink(missing_ok=True)
         raise DataError(
-            f"{archive} is corrupt or incomplete ({problem}); it was removed, run again to re-download"
+            f"{archive} is corrupt or incomplete ({problem}); "
+            "it was removed, run again to re-download"
         )
     staging = root / f".{spec.name}.extract"
     shutil.rmtree(staging, ignore_errors=True)

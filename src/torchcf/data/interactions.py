@@ -1,4 +1,4 @@
-"""The one currency: immutable, validated ``Interactions`` and the ``IdMap`` between raw and dense ids."""
+"""The one currency: immutable, validated ``Interactions``, and ``IdMap`` (raw ↔ dense ids)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class IdMap:
         return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
 
     def to_index(self, ids: Any, strict: bool = True, what: str = "id") -> np.ndarray:
-        """Dense indices of ``ids``; raises ``DataError`` naming the first unknown one if ``strict``."""
+        """Dense indices of ``ids``; if ``strict``, ``DataError`` names the first unknown one."""
         arr = np.atleast_1d(np.asarray(ids))
         if arr.dtype.kind in "iu" and self._ids.dtype.kind in "OUS":
             arr = arr.astype(str)

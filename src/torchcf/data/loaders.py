@@ -212,7 +212,9 @@ def load_interactions_table(
         numeric = pd.to_numeric(frame[rating_col], errors="coerce")
         if numeric.isna().any():
             row = int(np.argmax(numeric.isna().to_numpy()))
-            raise DataError(f"{path}: row {row + 2}: rating {frame[rating_col].iloc[row]!r} is not a number")
+            raise DataError(
+                f"{path}: row {row + 2}: rating {frame[rating_col].iloc[row]!r} is not a number"
+            )
         frame[rating_col] = numeric
     if time_col is not None:
         frame[time_col] = _unix_seconds(frame[time_col], path, time_col)
@@ -223,7 +225,9 @@ def _unix_seconds(col: pd.Series, path: Path, name: str) -> pd.Series:
     """Numbers pass through; date-times (or date strings) become Unix seconds."""
     if col.dtype.kind in "iuf":
         if col.isna().any():
-            raise DataError(f"{path}: row {int(np.argmax(col.isna().to_numpy())) + 2}: missing {name}")
+            raise DataError(
+                f"{path}: row {int(np.argmax(col.isna().to_numpy())) + 2}: missing {name}"
+            )
         return col
     numeric = pd.to_numeric(col, errors="coerce")
     if not numeric.isna().any():
@@ -233,12 +237,14 @@ def _unix_seconds(col: pd.Series, path: Path, name: str) -> pd.Series:
     except (ValueError, TypeError):
         raise DataError(f"{path}: column {name!r} is neither numbers nor dates") from None
     if stamps.isna().any():
-        raise DataError(f"{path}: row {int(np.argmax(stamps.isna().to_numpy())) + 2}: missing {name}")
+        raise DataError(
+            f"{path}: row {int(np.argmax(stamps.isna().to_numpy())) + 2}: missing {name}"
+        )
     return (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
 
 
 def load_titles(path: str | Path) -> dict[Any, str]:
-    """Item titles from ML-1M ``movies.dat`` (``id::title::genres``) or ML-100K ``u.item`` (``|``)."""
+    """Titles from ML-1M ``movies.dat`` (``id::title::genres``) or ML-100K ``u.item`` (``|``)."""
     path = _require_file(Path(path))
     sep = "::" if path.name.endswith(".dat") else "|"
     text = path.read_bytes().decode("latin-1")
@@ -358,7 +364,9 @@ def load_ncf_files(files: NcfFiles) -> NcfData:
     return NcfData(interactions, test_users, test_items, negatives)
 
 
-def load_path(path: str | Path, min_rating: float | None = None, **table_options: Any) -> Interactions:
+def load_path(
+    path: str | Path, min_rating: float | None = None, **table_options: Any
+) -> Interactions:
     """Load interactions from a MovieLens file/directory or a CSV/TSV/Parquet table."""
     path = Path(path)
     if not path.exists():
