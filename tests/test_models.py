@@ -9,7 +9,7 @@ import torch
 from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.evaluation import hit_rate, holdout_ranks, positive_ranks
-from torchcf.models import GMF, MF, MODELS, Recommender, build_model
+from torchcf.models import GMF, MF, MODELS, Recommender, build_model, model_kwargs
 from torchcf.persistence import load_model, save_model
 from torchcf.split import leave_one_out
 from torchcf.training import Trainer
@@ -79,9 +79,11 @@ def test_learns_planted_structure_and_beats_popularity(name):
     data = planted(num_users=200, num_items=80, groups=4, per_user=10)
     split = leave_one_out(data, num_negatives=40, seed=0)
     config = TrainConfig(
-        model=name, embedding_dim=8, epochs=15, batch_size=64, learning_rate=0.02, k=5
+        model=name, embedding_dim=8, epochs=15, batch_size=64, learning_rate=0.01, k=5, layers=2
     )
-    model = build_model(name, data.num_users, data.num_items, seed=0, embedding_dim=8, init_std=0.1)
+    model = build_model(
+        name, data.num_users, data.num_items, seed=0, **model_kwargs(name, config.to_dict())
+    )
     Trainer(model, split, config).fit()
     hr = hit_rate(holdout_ranks(model, split.test), 5)
     pop = _popularity_hr(split, 5)

@@ -10,9 +10,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from torchcf.errors import TorchcfError
+
+if TYPE_CHECKING:
+    from torchcf.config import TrainConfig
+    from torchcf.experiment import DataSpec
 
 __all__ = ["main"]
 
@@ -61,12 +66,11 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from torchcf.config import TrainConfig
-    from torchcf.models import MODELS
+    from torchcf.config import OPTIMIZERS, TrainConfig
+    from torchcf.experiment import FINETUNE_DEFAULTS
 
     d = TrainConfig()
     g = parser.add_argument_group("model and training")
-    g.add_argument("--model", default=d.model, choices=sorted(MODELS), help="default gmf")
     g.add_argument(
         "--factors",
         dest="embedding_dim",
@@ -80,11 +84,24 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--lr",
         dest="learning_rate",
         type=float,
-        default=d.learning_rate,
-        help=f"Adam learning rate (default {d.learning_rate})",
+        default=None,
+        help=f"learning rate (default {d.learning_rate}; NeuMF fine-tuning after --pretrain: "
+        f"{FINETUNE_DEFAULTS['learning_rate']})",
     )
     g.add_argument(
-        "--weight-decay", type=float, default=d.weight_decay, help="L2 penalty in Adam (default 0)"
+        "--optimizer",
+        default=None,
+        choices=list(OPTIMIZERS),
+        help=f"default adam (NeuMF fine-tuning after --pretrain: {FINETUNE_DEFAULTS['optimizer']})",
+    )
+    g.add_argument(
+        "--layers", type=int, default=d.layers, help=f"MLP/NeuMF tower layers (default {d.layers})"
+    )
+    g.add_argument(
+        "--dropout", type=float, default=d.dropout, help="MLP/NeuMF dropout per layer (default 0)"
+    )
+    g.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help="L2 penalty (default 0)"
     )
     g.add_argument(
         "--negatives",
@@ -135,17 +152,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         default=d.patience,
         help="stop after this many epochs without improvement (0 = never)",
     )
-    o = parser.add_argument_group("output")
-    o.add_argument("--out", help="run directory (default runs/<model>-<timestamp>)")
-    o.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
-    )
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from torchcf import __version__
+    from torchcf.models import MODELS
 
     parser = _Parser(prog="torchcf", description="Collaborative filtering from implicit feedback.")
     parser.add_argument("--version", action="version", version=f"torchcf {__version__}")
@@ -156,23 +168,65 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load data, split leave-one-out, train, evaluate every "
         "epoch and save the run directory.",
     )
+    train.add_argument("--model", default="gmf", choices=sorted(MODELS), help="default gmf")
     _add_data_flags(train)
     _add_train_flags(train)
+    p = train.add_argument_group("NeuMF pretraining")
+    p.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="train (or reuse) a GMF and an MLP in OUT/pretrain and start NeuMF from them",
+    )
+    p.add_argument("--pretrain-gmf", metavar="RUN", help="start NeuMF from this GMF run directory")
+    p.add_argument("--pretrain-mlp", metavar="RUN", help="start NeuMF from this MLP run directory")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="weight of the GMF head in the pretrained NeuMF head (default 0.5)",
+    )
+    o = train.add_argument_group("output")
+    o.add_argument("--out", help="run directory (default runs/<model>-<timestamp>)")
+    o.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    compare = sub.add_parser(
+        "compare",
+        help="train every model on the same split; one report",
+        description="Run several models on the same split and seed and "
+        "write report.md, curves.png and results.json to --out.",
+    )
+    compare.add_argument(
+        "--models",
+        default="mf,gmf,mlp,neumf,neumf-pre",
+        help="comma-separated: mf, gmf, mlp, neumf, neumf-pre (default all)",
+    )
+    _add_data_flags(compare)
+    _add_train_flags(compare)
+    compare.add_argument(
+        "--alpha", type=float, default=0.5, help="neumf-pre head mix (default 0.5)"
+    )
+    compare.add_argument("--out", required=True, help="report directory (runs go in OUT/runs)")
+    compare.add_argument("--rerun", action="store_true", help="retrain even finished runs")
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
+def _setup_torch(args: argparse.Namespace) -> None:
     import torch
-
-    from torchcf.config import TrainConfig
-    from torchcf.experiment import DataSpec, run_training
 
     if args.threads < 0:
         raise TorchcfError("--threads must be non-negative")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # Adam's moments of rarely-seen rows decay into denormals
-    spec = DataSpec(
+
+
+def _spec(args: argparse.Namespace) -> DataSpec:
+    from torchcf.experiment import DataSpec
+
+    return DataSpec(
         dataset=args.dataset,
         path=args.data,
         data_dir=args.data_dir,
@@ -185,12 +239,25 @@ def _train(args: argparse.Namespace) -> int:
         min_user_interactions=args.min_user_interactions,
         download=not args.no_download,
     )
-    config = TrainConfig(
-        model=args.model,
+
+
+def _config(args: argparse.Namespace, model: str, finetune: bool = False) -> TrainConfig:
+    """The training config of the flags; NeuMF fine-tuning has its own optimizer defaults."""
+    from torchcf.config import TrainConfig
+    from torchcf.experiment import FINETUNE_DEFAULTS
+
+    defaults = FINETUNE_DEFAULTS if finetune else {}
+    optimizer = args.optimizer or defaults.get("optimizer", TrainConfig.optimizer)
+    learning_rate = args.learning_rate
+    if learning_rate is None:
+        learning_rate = defaults.get("learning_rate", TrainConfig.learning_rate)
+    return TrainConfig(
+        model=model,
         embedding_dim=args.embedding_dim,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
         weight_decay=args.weight_decay,
         num_negatives=args.num_negatives,
         eval_negatives=args.eval_negatives,
@@ -202,18 +269,76 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         step=args.step,
         init_std=args.init_std,
+        layers=args.layers,
+        dropout=args.dropout,
     )
-    out = args.out or os.path.join("runs", f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from torchcf.experiment import (
+        PRETRAIN_DIR,
+        Pretrained,
+        ensure_run,
+        pretrain_config,
+        run_training,
+    )
+
+    _setup_torch(args)
+    spec = _spec(args)
+    wants_pretrain = bool(args.pretrain or args.pretrain_gmf or args.pretrain_mlp)
+    if wants_pretrain and args.model != "neumf":
+        raise TorchcfError(f"--pretrain initialises neumf, not {args.model}")
+    config = _config(args, args.model, finetune=wants_pretrain)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or os.path.join("runs", f"{config.model}-{stamp}"))
+    progress = not args.no_progress
+    pretrained = None
+    if wants_pretrain:
+        parts = {"gmf": args.pretrain_gmf, "mlp": args.pretrain_mlp}
+        for part, given in parts.items():
+            if given is None:
+                if not args.pretrain:
+                    raise TorchcfError(f"--pretrain-{part} RUN (or --pretrain) is needed too")
+                part_dir = out / PRETRAIN_DIR / part
+                print(f"== pretraining {part} in {part_dir}")
+                ensure_run(spec, pretrain_config(config, part), part_dir, progress=progress)
+                parts[part] = str(part_dir)
+        pretrained = Pretrained(parts["gmf"], parts["mlp"], args.alpha)
+        print(f"== neumf from {parts['gmf']} and {parts['mlp']}")
     run_training(
         spec,
         config,
         out,
         resume=args.resume,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=progress,
         command=["torchcf", *sys.argv[1:]],
+        pretrained=pretrained,
     )
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from torchcf.compare import run_compare
+
+    _setup_torch(args)
+    finetune: dict[str, object] = {}
+    if args.optimizer:
+        finetune["optimizer"] = args.optimizer
+    if args.learning_rate is not None:
+        finetune["learning_rate"] = args.learning_rate
+    report = run_compare(
+        _spec(args),
+        _config(args, "gmf"),
+        [m.strip() for m in args.models.split(",") if m.strip()],
+        args.out,
+        rerun=args.rerun,
+        progress=not args.no_progress,
+        command=["torchcf", *sys.argv[1:]],
+        finetune=finetune,
+        alpha=args.alpha,
+    )
+    return 1 if report["failed"] else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "compare":
+            return _compare(args)
         parser.error(f"unknown command {args.command}")
     except TorchcfError as exc:
         print(f"torchcf: error: {exc}", file=sys.stderr)

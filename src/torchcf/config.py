@@ -8,7 +8,9 @@ from typing import Any
 
 from torchcf.errors import ConfigError
 
-__all__ = ["TrainConfig"]
+__all__ = ["OPTIMIZERS", "TrainConfig"]
+
+OPTIMIZERS = ("adam", "sgd", "adagrad")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     step: str = "auto"  # "auto" (analytic for MF/GMF), "analytic", "autograd"
     init_std: float = 0.01
+    layers: int = 3  # MLP/NeuMF tower depth
+    dropout: float = 0.0  # MLP/NeuMF tower dropout
+    optimizer: str = "adam"  # "adam", "sgd" or "adagrad"
 
     def __post_init__(self) -> None:
         positive = ("embedding_dim", "epochs", "batch_size", "k")
@@ -50,6 +55,14 @@ class TrainConfig:
             raise ConfigError("select_by='validation' needs a validation holdout (validation=True)")
         if self.step not in ("auto", "analytic", "autograd"):
             raise ConfigError(f"step must be auto, analytic or autograd, got {self.step!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if self.layers < 1:
+            raise ConfigError(f"layers must be at least 1, got {self.layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:
             raise ConfigError(f"init_std must be positive, got {self.init_std}")
 

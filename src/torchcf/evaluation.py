@@ -70,15 +70,21 @@ def holdout_ranks(
     model: Recommender,
     holdout: Holdout,
     device: torch.device | str = "cpu",
-    batch_users: int = 8192,
+    batch_users: int | None = None,
     candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Rank of each user's held-out item among its candidates, ``(n,)`` on ``device``."""
+    """Rank of each user's held-out item among its candidates, ``(n,)`` on ``device``.
+
+    Users are scored in batches that keep about 2^24 floats alive (``model.pair_width``).
+    """
     was_training = model.training
     model.eval()
     if candidates is None:
         candidates = torch.as_tensor(holdout.candidates(), device=device)
     users = torch.as_tensor(holdout.users, device=device)
+    if batch_users is None:
+        width = max(1, candidates.shape[1]) * getattr(model, "pair_width", 1)
+        batch_users = max(1, 2**24 // width)
     out = []
     for s in range(0, len(users), batch_users):
         cand = candidates[s : s + batch_users]

@@ -5,6 +5,7 @@ The CLI only parses flags into a ``DataSpec`` and a ``TrainConfig`` and calls ``
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import sys
@@ -24,13 +25,26 @@ from torchcf.data.interactions import IdMap, Interactions
 from torchcf.data.loaders import find_ncf_files, load_ncf_files, load_path
 from torchcf.errors import ConfigError, DataError
 from torchcf.io import write_json
-from torchcf.models import build_model
-from torchcf.persistence import save_model
+from torchcf.models import GMF, MLP, NeuMF, build_model, model_kwargs
+from torchcf.persistence import load_model, save_model
 from torchcf.report import write_learning_curve, write_metrics_csv
 from torchcf.split import Split, leave_one_out, ncf_split
 from torchcf.training import EpochRecord, FitResult, Trainer, checkpoint_callback, resolve_device
 
-__all__ = ["DataSpec", "filter_users", "load_split", "run_training"]
+__all__ = [
+    "DataSpec",
+    "Pretrained",
+    "ensure_run",
+    "filter_users",
+    "load_split",
+    "pretrain_config",
+    "run_training",
+]
+
+# NeuMF fine-tuning after pretraining (chosen on the validation holdout: benchmarks/RESULTS.md)
+FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "adam", "learning_rate": 1e-4}
+
+PRETRAIN_DIR = "pretrain"  # inside a NeuMF run directory: the GMF and MLP runs it starts from
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,102 @@ class DataSpec:
             )
         if self.min_user_interactions < 0:
             raise ConfigError("--min-user-interactions must be non-negative")
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Run (or model) directories of a trained GMF and MLP, and the head's mixing weight α."""
+
+    gmf: str
+    mlp: str
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gmf": str(self.gmf), "mlp": str(self.mlp), "alpha": self.alpha}
+
+
+def init_from_runs(model: torch.nn.Module, pretrained: Pretrained, split: Split) -> None:
+    """Initialise ``model`` (a NeuMF) from the two runs, after checking they saw the same data."""
+    if not isinstance(model, NeuMF):
+        raise ConfigError("pretraining initialises neumf models only")
+    loaded = {}
+    for name, path, kind in (("gmf", pretrained.gmf, GMF), ("mlp", pretrained.mlp, MLP)):
+        run = load_model(path)
+        if not isinstance(run.model, kind):
+            raise ConfigError(f"{path} holds a {run.model.name} model, expected {name}")
+        same_ids = split.train.user_map is None or (
+            run.user_map == split.train.user_map and run.item_map == split.train.item_map
+        )
+        if not same_ids or (run.model.num_users, run.model.num_items) != (
+            split.num_users,
+            split.num_items,
+        ):
+            raise ConfigError(f"{path} was trained on other data (its users or items differ)")
+        loaded[name] = run.model
+    model.init_from_pretrained(loaded["gmf"], loaded["mlp"], pretrained.alpha)
+
+
+def pretrain_config(config: TrainConfig, model: str) -> TrainConfig:
+    """The settings of a GMF/MLP pretraining run for ``config``: its shape and protocol, with
+    the default optimizer (Adam, lr 0.001) whatever the fine-tuning uses."""
+    shared = (
+        "embedding_dim",
+        "layers",
+        "dropout",
+        "epochs",
+        "batch_size",
+        "num_negatives",
+        "eval_negatives",
+        "k",
+        "validation",
+        "select_by",
+        "patience",
+        "seed",
+        "device",
+        "init_std",
+    )
+    return TrainConfig(model=model, **{name: getattr(config, name) for name in shared})
+
+
+def finished_run(
+    out: Path, spec: DataSpec, config: TrainConfig, pretrained: Pretrained | None = None
+) -> bool:
+    """Does ``out`` hold a finished run of exactly these settings?"""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    data = {k: v for k, v in asdict(spec).items() if v is not None}
+    return (
+        (out / "metrics.json").exists()
+        and (out / "model" / "config.json").exists()
+        and saved.get("train") == config.to_dict()
+        and saved.get("data") == data
+        and saved.get("pretrained") == (None if pretrained is None else pretrained.as_dict())
+    )
+
+
+def ensure_run(
+    spec: DataSpec,
+    config: TrainConfig,
+    out: Path,
+    *,
+    rerun: bool = False,
+    echo: Callable[[str], None] = print,
+    pretrained: Pretrained | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The summary of a finished run in ``out`` with these settings, training it if needed."""
+    if not rerun and finished_run(out, spec, config, pretrained):
+        echo(f"reusing the finished {config.model} run in {out}")
+        return json.loads((out / "metrics.json").read_text())
+    return run_training(
+        spec, config, out, overwrite=True, echo=echo, pretrained=pretrained, **options
+    )
 
 
 def filter_users(data: Interactions, min_count: int) -> Interactions:
@@ -215,16 +325,24 @@ def run_training(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     command: list[str] | None = None,
+    pretrained: Pretrained | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and save one model; returns the ``metrics.json`` summary."""
+    """Train, evaluate and save one model; returns the ``metrics.json`` summary.
+
+    ``pretrained`` initialises a NeuMF from a GMF and an MLP run directory before training.
+    """
     out = Path(out)
     checkpoint = out / "checkpoint.pt"
-    if out.exists() and any(out.iterdir()) and not resume:
+    existing = [p for p in out.iterdir() if p.name != PRETRAIN_DIR] if out.exists() else []
+    if existing and not resume:
         if not overwrite:
             raise ConfigError(
                 f"output directory {out} exists; use --resume, --overwrite or another --out"
             )
-        shutil.rmtree(out)
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if pretrained is not None and config.model != "neumf":
+        raise ConfigError(f"pretraining initialises neumf, not {config.model}")
     if resume and not checkpoint.exists():
         raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
     resolve_device(config.device)  # fail before the (slow) data loading
@@ -242,13 +360,19 @@ def run_training(
         split.num_users,
         split.num_items,
         seed=config.seed,
-        embedding_dim=config.embedding_dim,
-        init_std=config.init_std,
+        **model_kwargs(config.model, config.to_dict()),
     )
+    if pretrained is not None:
+        init_from_runs(model, pretrained, split)
+        echo(
+            f"initialised from gmf {pretrained.gmf} and mlp {pretrained.mlp} "
+            f"(alpha {pretrained.alpha})"
+        )
     run_config = {
         "train": config.to_dict(),
         "data": {k: v for k, v in asdict(spec).items() if v is not None},
         "source": source,
+        "pretrained": None if pretrained is None else pretrained.as_dict(),
         "command": command if command is not None else sys.argv,
         "versions": _versions(),
     }

@@ -7,6 +7,7 @@ Contract (tested for every model): ``forward(users, items)`` broadcasts ``(B,)``
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -14,13 +15,15 @@ from torch import nn
 
 from torchcf.errors import ConfigError
 
-__all__ = ["GMF", "MF", "MODELS", "Recommender", "build_model"]
+__all__ = ["GMF", "MF", "MLP", "MODELS", "NeuMF", "Recommender", "build_model", "model_kwargs"]
 
 
 class Recommender(nn.Module):
     """Base class: holds the sizes and the generic ``score_all`` fallback."""
 
     name: ClassVar[str] = "base"
+    # floats materialised per scored (user, item) pair: sizes the chunks of generic scoring
+    pair_width: int = 1
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -36,8 +39,13 @@ class Recommender(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def score_all(self, users: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """Logits of every item for each user: ``(B,) -> (B, num_items)``."""
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Logits of every item for each user: ``(B,) -> (B, num_items)``.
+
+        Generic fallback: ``forward`` on user chunks sized so that about 2^24 floats are alive.
+        """
+        if chunk is None:
+            chunk = max(1, 2**24 // (self.num_items * self.pair_width))
         items = torch.arange(self.num_items, device=users.device)
         out = [
             self(users[s : s + chunk, None], items[None, :]) for s in range(0, len(users), chunk)
@@ -81,7 +89,7 @@ class MF(Recommender):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (self.user_embedding(users) * self.item_embedding(items)).sum(-1)
 
-    def score_all(self, users: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         return self.user_embedding(users) @ self.item_embedding.weight.T
 
 
@@ -110,12 +118,183 @@ class GMF(MF):
         product = self.user_embedding(users) * self.item_embedding(items)
         return product @ self.head.weight[0] + self.head.bias[0]
 
-    def score_all(self, users: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         weighted = self.user_embedding(users) * self.head.weight[0]
         return torch.addmm(self.head.bias, weighted, self.item_embedding.weight.T)
 
 
-MODELS: dict[str, type[Recommender]] = {"mf": MF, "gmf": GMF}
+def _tower(
+    input_width: int, factors: int, layers: int, dropout: float, generator: torch.Generator | None
+) -> nn.Sequential:
+    """ReLU layers halving the width down to ``factors``: widths factors·2^(layers-1) … factors."""
+    modules: list[nn.Module] = []
+    width = input_width
+    for level in range(layers):
+        out = factors * 2 ** (layers - 1 - level)
+        linear = nn.Linear(width, out)
+        nn.init.xavier_uniform_(linear.weight, generator=generator)
+        nn.init.zeros_(linear.bias)
+        modules += [linear, nn.ReLU()]
+        if dropout > 0:
+            modules.append(nn.Dropout(dropout))
+        width = out
+    return nn.Sequential(*modules)
+
+
+def _check_tower(embedding_dim: int, layers: int, dropout: float) -> None:
+    if embedding_dim <= 0:
+        raise ConfigError(f"embedding_dim must be positive, got {embedding_dim}")
+    if layers < 1:
+        raise ConfigError(f"layers must be at least 1, got {layers}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
+
+class MLP(Recommender):
+    """NCF's MLP: ``score = hᵀ tower([p_u; q_i]) + b``.
+
+    Embeddings of size ``embedding_dim · 2^(layers-1)`` each; ``layers`` ReLU layers halve the width
+    down to ``embedding_dim`` (the predictive factors); xavier-uniform layers, a linear head
+    initialised like GMF's; optional dropout after each layer.
+    """
+
+    name = "mlp"
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int = 32,
+        layers: int = 3,
+        dropout: float = 0.0,
+        init_std: float = 0.01,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_users, num_items)
+        _check_tower(embedding_dim, layers, dropout)
+        self.embedding_dim, self.layers, self.dropout, self.init_std = (
+            embedding_dim,
+            layers,
+            dropout,
+            init_std,
+        )
+        width = embedding_dim * 2 ** (layers - 1)
+        self.pair_width = 4 * width
+        self.user_embedding = nn.Embedding(num_users, width)
+        self.item_embedding = nn.Embedding(num_items, width)
+        _init_embedding(self.user_embedding.weight, init_std, generator)
+        _init_embedding(self.item_embedding.weight, init_std, generator)
+        self.tower = _tower(2 * width, embedding_dim, layers, dropout, generator)
+        self.head = nn.Linear(embedding_dim, 1)
+        nn.init.kaiming_uniform_(self.head.weight, a=1, nonlinearity="sigmoid", generator=generator)
+        nn.init.zeros_(self.head.bias)
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "layers": self.layers,
+            "dropout": self.dropout,
+            "init_std": self.init_std,
+        }
+
+    def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The tower's output ``(..., embedding_dim)`` for broadcast ``users`` and ``items``."""
+        users, items = torch.broadcast_tensors(users, items)
+        pair = torch.cat([self.user_embedding(users), self.item_embedding(items)], dim=-1)
+        return self.tower(pair)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.features(users, items) @ self.head.weight[0] + self.head.bias[0]
+
+
+class NeuMF(Recommender):
+    """NeuMF: a GMF branch and an MLP branch with their own embeddings, one linear head.
+
+    ``score = hᵀ [p^G_u ⊙ q^G_i ; tower([p^M_u; q^M_i])] + b``. ``init_from_pretrained`` sets it
+    up from a trained GMF and MLP so that it scores ``α·GMF + (1−α)·MLP`` before fine-tuning.
+    """
+
+    name = "neumf"
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int = 32,
+        layers: int = 3,
+        dropout: float = 0.0,
+        init_std: float = 0.01,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(num_users, num_items)
+        _check_tower(embedding_dim, layers, dropout)
+        self.embedding_dim, self.layers, self.dropout, self.init_std = (
+            embedding_dim,
+            layers,
+            dropout,
+            init_std,
+        )
+        width = embedding_dim * 2 ** (layers - 1)
+        self.pair_width = 4 * width + embedding_dim
+        self.gmf_user_embedding = nn.Embedding(num_users, embedding_dim)
+        self.gmf_item_embedding = nn.Embedding(num_items, embedding_dim)
+        self.mlp_user_embedding = nn.Embedding(num_users, width)
+        self.mlp_item_embedding = nn.Embedding(num_items, width)
+        for emb in (
+            self.gmf_user_embedding,
+            self.gmf_item_embedding,
+            self.mlp_user_embedding,
+            self.mlp_item_embedding,
+        ):
+            _init_embedding(emb.weight, init_std, generator)
+        self.tower = _tower(2 * width, embedding_dim, layers, dropout, generator)
+        self.head = nn.Linear(2 * embedding_dim, 1)
+        nn.init.kaiming_uniform_(self.head.weight, a=1, nonlinearity="sigmoid", generator=generator)
+        nn.init.zeros_(self.head.bias)
+
+    hparams = MLP.hparams
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        users, items = torch.broadcast_tensors(users, items)
+        gmf = self.gmf_user_embedding(users) * self.gmf_item_embedding(items)
+        pair = torch.cat([self.mlp_user_embedding(users), self.mlp_item_embedding(items)], dim=-1)
+        both = torch.cat([gmf, self.tower(pair)], dim=-1)
+        return both @ self.head.weight[0] + self.head.bias[0]
+
+    @torch.no_grad()
+    def init_from_pretrained(self, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> NeuMF:
+        """Copy both branches' weights; head = [α·h_GMF, (1−α)·h_MLP], bias = α·b_G + (1−α)·b_M."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+        if not isinstance(gmf, GMF) or not isinstance(mlp, MLP):
+            raise ConfigError("pretraining needs a trained gmf and a trained mlp")
+        sizes = (self.num_users, self.num_items)
+        for other in (gmf, mlp):
+            if (other.num_users, other.num_items) != sizes:
+                raise ConfigError(
+                    f"pretrained {other.name} has {other.num_users} users × {other.num_items} "
+                    f"items, NeuMF has {sizes[0]} × {sizes[1]}: not the same data"
+                )
+        if gmf.embedding_dim != self.embedding_dim or mlp.embedding_dim != self.embedding_dim:
+            raise ConfigError(
+                f"pretrained factors differ: gmf {gmf.embedding_dim}, mlp {mlp.embedding_dim}, "
+                f"neumf {self.embedding_dim}"
+            )
+        if mlp.layers != self.layers:
+            raise ConfigError(f"pretrained mlp has {mlp.layers} layers, neumf {self.layers}")
+        self.gmf_user_embedding.weight.copy_(gmf.user_embedding.weight)
+        self.gmf_item_embedding.weight.copy_(gmf.item_embedding.weight)
+        self.mlp_user_embedding.weight.copy_(mlp.user_embedding.weight)
+        self.mlp_item_embedding.weight.copy_(mlp.item_embedding.weight)
+        self.tower.load_state_dict(mlp.tower.state_dict())
+        self.head.weight.copy_(
+            torch.cat([alpha * gmf.head.weight, (1 - alpha) * mlp.head.weight], dim=1)
+        )
+        self.head.bias.copy_(alpha * gmf.head.bias + (1 - alpha) * mlp.head.bias)
+        return self
+
+
+MODELS: dict[str, type[Recommender]] = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}
 
 
 def build_model(
@@ -132,3 +311,12 @@ def build_model(
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
     return MODELS[name](num_users, num_items, generator=generator, **hparams)
+
+
+def model_kwargs(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` (e.g. a training config) that model ``name`` takes."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    accepted = inspect.signature(MODELS[name].__init__).parameters
+    skip = {"self", "num_users", "num_items", "generator"}
+    return {k: v for k, v in options.items() if k in accepted and k not in skip}

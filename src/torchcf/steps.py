@@ -18,7 +18,7 @@ from torchcf.errors import ConfigError
 from torchcf.losses import bce_with_logits
 from torchcf.models import GMF, MF, Recommender
 
-__all__ = ["AutogradStep", "DotProductAdamStep", "TrainStep", "make_step"]
+__all__ = ["AutogradStep", "DotProductAdamStep", "TrainStep", "make_optimizer", "make_step"]
 
 
 class TrainStep(Protocol):
@@ -37,12 +37,15 @@ class TrainStep(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _adam(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
-    device_type = params[0].device.type
-    fused = device_type in ("cpu", "cuda")
-    return torch.optim.Adam(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
-    )
+def make_optimizer(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.optimizer`` (fused kernels where torch has them)."""
+    fused = params[0].device.type in ("cpu", "cuda")
+    lr, wd = config.learning_rate, config.weight_decay
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, fused=fused)
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused)
 
 
 class AutogradStep:
@@ -50,7 +53,7 @@ class AutogradStep:
 
     def __init__(self, model: Recommender, config: TrainConfig) -> None:
         self.model = model
-        self.optimizer = _adam([p for p in model.parameters() if p.requires_grad], config)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
@@ -178,10 +181,13 @@ class DotProductAdamStep:
 
 
 def make_step(model: Recommender, config: TrainConfig) -> TrainStep:
-    """The analytic step for MF/GMF (unless ``config.step == 'autograd'``), else autograd."""
-    analytic_ok = isinstance(model, MF)
+    """The analytic step for MF/GMF with Adam (unless ``step='autograd'``), else autograd."""
+    analytic_ok = isinstance(model, MF) and config.optimizer == "adam"
     if config.step == "analytic" and not analytic_ok:
-        raise ConfigError(f"--step analytic supports mf and gmf, not {model.name}")
+        raise ConfigError(
+            f"--step analytic supports mf and gmf with adam, "
+            f"not {model.name} with {config.optimizer}"
+        )
     if config.step == "autograd" or not analytic_ok:
         return AutogradStep(model, config)
     return DotProductAdamStep(model, config)

@@ -1,0 +1,239 @@
+"""``torchcf compare``: every model on the same split and seed, one report.
+
+Each model is an ordinary run directory under ``OUT/runs/<model>``, so a re-run reuses finished
+runs (same settings) and a failure of one model keeps the others' results.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchcf.config import TrainConfig
+from torchcf.errors import ConfigError, TorchcfError
+from torchcf.experiment import (
+    FINETUNE_DEFAULTS,
+    DataSpec,
+    Pretrained,
+    ensure_run,
+    pretrain_config,
+)
+from torchcf.io import atomic_open, atomic_path, write_json
+from torchcf.models import MODELS
+
+__all__ = ["COMPARABLE", "run_compare"]
+
+COMPARABLE = (*MODELS, "neumf-pre")
+
+
+def _model_config(key: str, config: TrainConfig, finetune: dict[str, Any]) -> TrainConfig:
+    if key == "neumf-pre":
+        return config.replace(model="neumf", **finetune)
+    return config.replace(model=key)
+
+
+def run_compare(
+    spec: DataSpec,
+    config: TrainConfig,
+    models: Sequence[str],
+    out: str | Path,
+    *,
+    rerun: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    command: list[str] | None = None,
+    finetune: dict[str, Any] | None = None,
+    alpha: float = 0.5,
+) -> dict[str, Any]:
+    """Train (or reuse) each model; write ``results.json``, ``report.md`` and ``curves.png``."""
+    unknown = [m for m in models if m not in COMPARABLE]
+    if unknown or not models:
+        raise ConfigError(
+            f"unknown model(s) {', '.join(unknown) or '(none)'} (known: {', '.join(COMPARABLE)})"
+        )
+    out = Path(out)
+    runs = out / "runs"
+    finetune = {**FINETUNE_DEFAULTS, **(finetune or {})}
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for key in models:
+        echo(f"== {key}")
+        model_config = _model_config(key, config, finetune)
+        options: dict[str, Any] = {"progress": progress, "echo": echo, "rerun": rerun}
+        try:
+            if key == "neumf-pre":
+                # the compare's own gmf/mlp runs serve when their settings are the pretraining's
+                parts = {}
+                for part in ("gmf", "mlp"):
+                    part_config = pretrain_config(model_config, part)
+                    part_dir = runs / part
+                    if part_config != config.replace(model=part):
+                        part_dir = runs / key / "pretrain" / part
+                    ensure_run(spec, part_config, part_dir, **options)
+                    parts[part] = str(part_dir)
+                options["pretrained"] = Pretrained(parts["gmf"], parts["mlp"], alpha)
+            summary = ensure_run(spec, model_config, runs / key, **options)
+            results[key] = _row(key, summary, runs / key)
+            histories[key] = _history(runs / key)
+        except KeyboardInterrupt:
+            raise
+        except TorchcfError as exc:
+            failed[key] = str(exc)
+            echo(f"{key} failed: {exc}")
+        except Exception as exc:  # one model's bug must not lose the others' results
+            failed[key] = f"{type(exc).__name__}: {exc}"
+            echo(f"{key} failed: {type(exc).__name__}: {exc}")
+            traceback.print_exc(file=sys.stderr)
+    report = {
+        "models": results,
+        "failed": failed,
+        "protocol": next(iter(results.values()))["protocol"] if results else None,
+        "settings": config.to_dict(),
+        "finetune": finetune | {"alpha": alpha},
+        "data": {k: v for k, v in spec.__dict__.items() if v is not None},
+        "command": command if command is not None else sys.argv,
+        "versions": _versions(),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", report)
+    with atomic_open(out / "report.md") as handle:
+        handle.write(render_report(report))
+    if histories:
+        write_curves(out / "curves.png", histories, config.k)
+    echo(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'curves.png'}")
+    return report
+
+
+def _history(run: Path) -> list[dict[str, Any]]:
+    import csv
+
+    with open(run / "metrics.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _row(key: str, summary: dict[str, Any], run: Path) -> dict[str, Any]:
+    k = summary["protocol"]["k"]
+    selected, best = summary["selected"], summary["best_test"]
+    return {
+        "model": key,
+        "run": str(run),
+        "selected_by": selected["by"],
+        "selected_epoch": selected["epoch"],
+        f"hr@{k}": selected["test"][f"hr@{k}"],
+        f"ndcg@{k}": selected["test"][f"ndcg@{k}"],
+        "best_test_epoch": best["epoch"],
+        f"best_test_hr@{k}": best[f"hr@{k}"],
+        f"best_test_ndcg@{k}": best[f"ndcg@{k}"],
+        "seconds_per_epoch": summary["seconds_per_epoch"]["train"]
+        + summary["seconds_per_epoch"]["eval"],
+        "epochs": summary["epochs_run"],
+        "parameters": summary["parameters"],
+        "k": k,
+        "protocol": summary["protocol"],
+    }
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    import torchcf
+
+    return {
+        "torchcf": torchcf.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """The Markdown report: one table row per model, then protocol, command and versions."""
+    rows = report["models"]
+    k = next(iter(rows.values()))["k"] if rows else report["settings"]["k"]
+    lines = ["# torchcf compare", ""]
+    lines += [
+        f"| model | selected by | epoch | test HR@{k} | test NDCG@{k} | best test epoch | "
+        f"best test HR@{k} | best test NDCG@{k} | s/epoch | epochs | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in rows.items():
+        lines.append(
+            f"| {key} | {r['selected_by']} | {r['selected_epoch']} | {r[f'hr@{k}']:.4f} | "
+            f"{r[f'ndcg@{k}']:.4f} | {r['best_test_epoch']} | {r[f'best_test_hr@{k}']:.4f} | "
+            f"{r[f'best_test_ndcg@{k}']:.4f} | {r['seconds_per_epoch']:.1f} | {r['epochs']} | "
+            f"{r['parameters']:,} |"
+        )
+    lines += [
+        "",
+        f"*Test HR@{k}/NDCG@{k}* are measured at the epoch the named holdout selected; the "
+        "*best test* columns pick the epoch on the test set itself, as the NCF paper and the seed "
+        "write-up did (optimistic).",
+    ]
+    if report["failed"]:
+        lines += ["", "## Failed", ""]
+        lines += [f"- **{key}**: {reason}" for key, reason in report["failed"].items()]
+    protocol = report.get("protocol") or {}
+    lines += ["", "## Protocol", ""]
+    lines += [f"- {name}: {value}" for name, value in protocol.items() if name != "notes"]
+    lines += [f"- note: {note}" for note in protocol.get("notes", [])]
+    settings = ", ".join(f"{k_}={v}" for k_, v in report["settings"].items() if k_ != "model")
+    finetune = ", ".join(f"{k_}={v}" for k_, v in report["finetune"].items())
+    lines += [
+        "",
+        "## Settings",
+        "",
+        f"- shared: {settings}",
+        f"- neumf-pre fine-tuning: {finetune}; GMF and MLP pretrained with Adam lr 0.001",
+        "",
+        "## Command",
+        "",
+        "```",
+        " ".join(report["command"]),
+        "```",
+        "",
+        "## Versions",
+        "",
+    ]
+    lines += [f"- {name}: {value}" for name, value in report["versions"].items()]
+    lines += ["", f"Wall time: {report['wall_seconds']:.0f} s", ""]
+    return "\n".join(lines)
+
+
+def write_curves(path: Path, histories: dict[str, list[dict[str, Any]]], k: int) -> None:
+    """HR@k and NDCG@k (test) per epoch for every model, two labelled panels."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for ax, metric, label in zip(axes, ("hr", "ndcg"), ("HR", "NDCG"), strict=True):
+        for key, rows in histories.items():
+            epochs = [int(r["epoch"]) for r in rows]
+            ax.plot(
+                epochs, [float(r[f"test_{metric}@{k}"]) for r in rows], marker="o", ms=3, label=key
+            )
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"test {label}@{k}")
+        ax.set_title(f"{label}@{k} on the test holdout")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def load_results(out: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out) / "results.json").read_text())

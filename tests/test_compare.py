@@ -1,0 +1,85 @@
+"""compare on a tiny dataset: the three files, table = results.json, reuse, failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_rows, write_ml1m
+from torchcf.compare import run_compare
+from torchcf.config import TrainConfig
+from torchcf.errors import ConfigError
+from torchcf.experiment import DataSpec
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    write_ml1m(tmp_path / "ratings.dat", tiny_rows(num_users=14, num_items=24, per_user=7))
+    return DataSpec(path=str(tmp_path / "ratings.dat"))
+
+
+CONFIG = TrainConfig(embedding_dim=4, layers=2, epochs=2, batch_size=64, eval_negatives=8)
+
+
+def test_compare_writes_report_curves_and_results(spec, tmp_path):
+    out = tmp_path / "cmp"
+    logs: list[str] = []
+    report = run_compare(
+        spec,
+        CONFIG,
+        ["mf", "gmf", "mlp", "neumf", "neumf-pre"],
+        out,
+        progress=False,
+        echo=logs.append,
+        command=["torchcf", "compare"],
+    )
+    assert not report["failed"]
+    for name in ("report.md", "curves.png", "results.json"):
+        assert (out / name).is_file()
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((out / "results.json").read_text())
+    table = (out / "report.md").read_text()
+    for key, row in results["models"].items():
+        line = next(line for line in table.splitlines() if line.startswith(f"| {key} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == row["selected_by"] == "validation"
+        assert int(cells[2]) == row["selected_epoch"]
+        assert float(cells[3]) == pytest.approx(row["hr@10"], abs=5e-5)
+        assert float(cells[4]) == pytest.approx(row["ndcg@10"], abs=5e-5)
+        assert float(cells[6]) == pytest.approx(row["best_test_hr@10"], abs=5e-5)
+        assert int(cells[10].replace(",", "")) == row["parameters"]
+    assert "## Protocol" in table and "torchcf compare" in table and "torch:" in table
+    # neumf-pre started from this compare's own gmf and mlp runs
+    neumf_pre = json.loads((out / "runs" / "neumf-pre" / "config.json").read_text())
+    assert neumf_pre["pretrained"]["gmf"] == str(out / "runs" / "gmf")
+
+    logs.clear()
+    again = run_compare(spec, CONFIG, ["mf", "neumf-pre"], out, progress=False, echo=logs.append)
+    assert sum("reusing" in line for line in logs) == 4  # mf, gmf, mlp, neumf-pre
+    assert not any(line.startswith("epoch ") for line in logs)  # nothing retrained
+    assert again["models"]["mf"] == results["models"]["mf"]
+
+
+def test_a_failing_model_keeps_the_others(spec, tmp_path, monkeypatch):
+    import torchcf.compare as compare
+
+    real = compare.ensure_run
+
+    def broken(spec_, config, out, **options):
+        if config.model == "mlp":
+            raise RuntimeError("simulated crash")
+        return real(spec_, config, out, **options)
+
+    monkeypatch.setattr(compare, "ensure_run", broken)
+    report = run_compare(
+        spec, CONFIG, ["gmf", "mlp"], tmp_path / "c", progress=False, echo=lambda _: None
+    )
+    assert list(report["models"]) == ["gmf"]
+    assert "simulated crash" in report["failed"]["mlp"]
+    assert "simulated crash" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_unknown_model(spec, tmp_path):
+    with pytest.raises(ConfigError, match="unknown model"):
+        run_compare(spec, CONFIG, ["gmf", "bert4rec"], tmp_path / "c")
