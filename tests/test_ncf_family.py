@@ -101,7 +101,7 @@ def test_sgd_and_adagrad_optimizers_train():
     from torchcf.training import Trainer
 
     split = leave_one_out(data, 10)
-    for optimizer in ("sgd", "adagrad"):
+    for optimizer in ("sgd", "adagrad", "lazy-adam"):
         config = TrainConfig(
             model="mlp",
             embedding_dim=4,

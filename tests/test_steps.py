@@ -8,7 +8,7 @@ import torch
 from torchcf.config import TrainConfig
 from torchcf.losses import bce_with_logits
 from torchcf.models import build_model
-from torchcf.steps import AutogradStep, DotProductAdamStep, make_step
+from torchcf.steps import AutogradStep, DotProductAdamStep, FlatAdamStep, make_step
 
 
 def _batches(steps=300, batch=32, users=30, items=25, seed=0):
@@ -61,3 +61,26 @@ def test_bce_with_logits_closed_form():
         + torch.log1p(torch.exp(torch.tensor(1.0)))
     ) / 3
     assert torch.isclose(bce_with_logits(logits, labels), expected)
+
+
+@pytest.mark.parametrize("name", ["mlp", "neumf"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_flat_adam_step_matches_torch_adam(name, weight_decay):
+    config = TrainConfig(model=name, learning_rate=0.01, weight_decay=weight_decay)
+    kwargs = {"embedding_dim": 4, "layers": 2, "init_std": 0.1}
+    reference = build_model(name, 30, 25, seed=0, **kwargs)
+    fast = build_model(name, 30, 25, seed=0, **kwargs)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=weight_decay)
+    step = make_step(fast, config)
+    assert isinstance(step, FlatAdamStep)
+    for users, items, labels in _batches(steps=200):
+        logits = reference(users, items)
+        loss = bce_with_logits(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert torch.allclose(step(users, items, labels), logits.detach(), rtol=1e-4, atol=1e-6)
+    for (key, want), got in zip(
+        reference.state_dict().items(), fast.state_dict().values(), strict=True
+    ):
+        assert (got - want).norm() / want.norm() < 1e-4, key

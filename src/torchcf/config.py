@@ -10,7 +10,7 @@ from torchcf.errors import ConfigError
 
 __all__ = ["OPTIMIZERS", "TrainConfig"]
 
-OPTIMIZERS = ("adam", "sgd", "adagrad")
+OPTIMIZERS = ("adam", "lazy-adam", "sgd", "adagrad")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class TrainConfig:
     init_std: float = 0.01
     layers: int = 3  # MLP/NeuMF tower depth
     dropout: float = 0.0  # MLP/NeuMF tower dropout
-    optimizer: str = "adam"  # "adam", "sgd" or "adagrad"
+    optimizer: str = "adam"  # "adam", "lazy-adam" (sparse rows), "sgd" or "adagrad"
 
     def __post_init__(self) -> None:
         positive = ("embedding_dim", "epochs", "batch_size", "k")

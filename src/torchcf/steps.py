@@ -18,7 +18,14 @@ from torchcf.errors import ConfigError
 from torchcf.losses import bce_with_logits
 from torchcf.models import GMF, MF, Recommender
 
-__all__ = ["AutogradStep", "DotProductAdamStep", "TrainStep", "make_optimizer", "make_step"]
+__all__ = [
+    "AutogradStep",
+    "DotProductAdamStep",
+    "FlatAdamStep",
+    "TrainStep",
+    "make_optimizer",
+    "make_step",
+]
 
 
 class TrainStep(Protocol):
@@ -49,65 +56,70 @@ def make_optimizer(params: list[torch.Tensor], config: TrainConfig) -> torch.opt
 
 
 class AutogradStep:
-    """Forward, BCE on logits, backward, Adam: works for every model."""
+    """Forward, BCE on logits, backward, optimizer step: works for every model.
+
+    With ``optimizer='lazy-adam'`` the embeddings get sparse gradients and ``SparseAdam`` (only
+    the rows in the batch move, their moments too), the other parameters dense Adam.
+    """
 
     def __init__(self, model: Recommender, config: TrainConfig) -> None:
         self.model = model
-        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizers: list[torch.optim.Optimizer]
+        if config.optimizer == "lazy-adam":
+            embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+            for module in embeddings:
+                module.sparse = True
+            sparse_ids = {id(m.weight) for m in embeddings}
+            sparse = [p for p in params if id(p) in sparse_ids]
+            dense = [p for p in params if id(p) not in sparse_ids]
+            self.optimizers = [torch.optim.SparseAdam(sparse, lr=config.learning_rate)]
+            if dense:
+                self.optimizers.append(make_optimizer(dense, config.replace(optimizer="adam")))
+        else:
+            self.optimizers = [make_optimizer(params, config)]
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         logits = self.model(users, items)
         loss = bce_with_logits(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.step()
         return logits.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
 
 
-class DotProductAdamStep:
-    """Exact BCE + Adam for ``MF`` (``Σ p⊙q``) and ``GMF`` (``hᵀ(p⊙q) + b``) without autograd.
+class FlatAdam:
+    """Exact Adam (``torch.optim.Adam``'s formula, L2 via ``weight_decay``) over one flat buffer.
 
-    With ``x = p_u ⊙ q_i``, logit ``z``, batch size ``B`` and ``g = (σ(z) − y) / B``:
-    ``∂L/∂p_u = g·(w ⊙ q_i)``, ``∂L/∂q_i = g·(w ⊙ p_u)`` (``w = h`` for GMF, 1 for MF),
-    ``∂L/∂h = Σ g x``, ``∂L/∂b = Σ g``. The model's parameters become views of one flat buffer so
-    that Adam (the formula of ``torch.optim.Adam``, L2 via ``weight_decay``) is one fused update.
+    Every trainable parameter of ``model`` becomes a view of ``self.flat`` and its gradient a view
+    of ``self.grad``, so the whole update is one fused kernel instead of one per tensor.
     """
 
-    def __init__(self, model: MF, config: TrainConfig) -> None:
-        if not isinstance(model, MF):
-            raise ConfigError(f"the analytic step supports mf and gmf, not {model.name}")
+    def __init__(self, model: Recommender, config: TrainConfig) -> None:
         self.model = model
-        self.has_head = isinstance(model, GMF)
-        params = [model.user_embedding.weight, model.item_embedding.weight]
-        if self.has_head:
-            params += [model.head.weight, model.head.bias]
+        self.params = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
-            self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+            self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
         self.grad = torch.zeros_like(self.flat)
-        views, grads, offset = [], [], 0
-        for p in params:
+        self.views, self.grads, offset = [], [], 0
+        for p in self.params:
             n = p.numel()
-            views.append(self.flat[offset : offset + n].view_as(p))
-            grads.append(self.grad[offset : offset + n].view_as(p))
+            self.views.append(self.flat[offset : offset + n].view_as(p))
+            self.grads.append(self.grad[offset : offset + n].view_as(p))
             offset += n
-        for p, view in zip(params, views, strict=True):
+        for p, view in zip(self.params, self.views, strict=True):
             p.data = view  # the module now reads and writes the flat buffer
-        # users' and items' rows are adjacent in the buffer: one table, one gather, one scatter
-        rows = model.num_users + model.num_items
-        self.table = self.flat[: rows * model.embedding_dim].view(rows, model.embedding_dim)
-        self.table_grad = self.grad[: rows * model.embedding_dim].view(rows, model.embedding_dim)
-        self.num_users = model.num_users
-        if self.has_head:
-            self.h, self.b = views[2][0], views[3]
-            self.head_grad = self.grad[rows * model.embedding_dim :]  # [∂h..., ∂b]
         self.lr = config.learning_rate
         self.weight_decay = config.weight_decay
         self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
@@ -115,28 +127,6 @@ class DotProductAdamStep:
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self.steps = torch.zeros((), dtype=torch.float32, device=self.flat.device)
         self._fused = hasattr(torch, "_fused_adam_") and self.flat.device.type in ("cpu", "cuda")
-
-    @torch.no_grad()
-    def __call__(
-        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        n = len(users)
-        shifted = items + self.num_users
-        order = torch.cat([users, shifted, users])
-        rows = self.table.index_select(0, order[: 2 * n]).view(2, n, -1)  # [p_u; q_i]
-        x = rows[0] * rows[1]
-        logits = torch.addmv(self.b, x, self.h) if self.has_head else x.sum(1)
-        g = torch.sigmoid(logits).sub_(labels).div_(n)
-        self.table_grad.zero_()
-        if self.has_head:
-            torch.cat([x.T @ g, g.sum().reshape(1)], out=self.head_grad)
-            coef = g[:, None] * self.h
-        else:
-            coef = g[:, None]
-        # ∂q_i = coef ⊙ p_u and ∂p_u = coef ⊙ q_i: scatter [p_u; q_i]·coef to [items; users]
-        self.table_grad.index_add_(0, order[n:], rows.mul(coef).view(2 * n, -1))
-        self._adam_update()
-        return logits
 
     def _adam_update(self) -> None:
         self.steps += 1  # torch.optim.Adam also counts the step before the fused kernel
@@ -180,14 +170,108 @@ class DotProductAdamStep:
         self.steps.copy_(state["steps"])
 
 
+class FlatAdamStep(FlatAdam):
+    """Autograd for any model, with Adam fused over one flat buffer.
+
+    Embeddings produce sparse row gradients that are added into the (dense, zeroed) flat
+    gradient, so no full-table gradient is allocated per step; the update stays dense Adam over
+    every parameter, exactly ``torch.optim.Adam``.
+    """
+
+    def __init__(self, model: Recommender, config: TrainConfig) -> None:
+        super().__init__(model, config)
+        sparse_ids = set()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                module.sparse = True
+                sparse_ids.add(id(module.weight))
+        # dense parameters accumulate straight into their views of the flat gradient; the sparse
+        # row gradients of embeddings are scattered there by hand (torch adds sparse into dense
+        # row by row on a CPU)
+        self.sparse: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        for p, grad in zip(self.params, self.grads, strict=True):
+            if id(p) in sparse_ids:
+                self.sparse.append((p, grad))
+            else:
+                p.grad = grad
+
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        logits = self.model(users, items)
+        loss = bce_with_logits(logits, labels)
+        self.grad.zero_()
+        loss.backward()
+        with torch.no_grad():
+            for p, grad in self.sparse:
+                rows = p.grad
+                grad.index_add_(0, rows._indices()[0], rows._values())
+                p.grad = None
+            self._adam_update()
+        return logits.detach()
+
+
+class DotProductAdamStep(FlatAdam):
+    """Exact BCE + Adam for ``MF`` (``Σ p⊙q``) and ``GMF`` (``hᵀ(p⊙q) + b``) without autograd.
+
+    With ``x = p_u ⊙ q_i``, logit ``z``, batch size ``B`` and ``g = (σ(z) − y) / B``:
+    ``∂L/∂p_u = g·(w ⊙ q_i)``, ``∂L/∂q_i = g·(w ⊙ p_u)`` (``w = h`` for GMF, 1 for MF),
+    ``∂L/∂h = Σ g x``, ``∂L/∂b = Σ g``, then Adam over the flat buffer.
+    """
+
+    def __init__(self, model: MF, config: TrainConfig) -> None:
+        if not isinstance(model, MF):
+            raise ConfigError(f"the analytic step supports mf and gmf, not {model.name}")
+        super().__init__(model, config)
+        self.has_head = isinstance(model, GMF)
+        # parameters in registration order: user table, item table, (head weight, head bias);
+        # users' and items' rows are adjacent: one table, one gather, one scatter
+        rows = model.num_users + model.num_items
+        self.table = self.flat[: rows * model.embedding_dim].view(rows, model.embedding_dim)
+        self.table_grad = self.grad[: rows * model.embedding_dim].view(rows, model.embedding_dim)
+        self.num_users = model.num_users
+        if self.has_head:
+            self.h, self.b = self.views[2][0], self.views[3]
+            self.head_grad = self.grad[rows * model.embedding_dim :]  # [∂h..., ∂b]
+
+    @torch.no_grad()
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        n = len(users)
+        shifted = items + self.num_users
+        order = torch.cat([users, shifted, users])
+        rows = self.table.index_select(0, order[: 2 * n]).view(2, n, -1)  # [p_u; q_i]
+        x = rows[0] * rows[1]
+        logits = torch.addmv(self.b, x, self.h) if self.has_head else x.sum(1)
+        g = torch.sigmoid(logits).sub_(labels).div_(n)
+        self.table_grad.zero_()
+        if self.has_head:
+            torch.cat([x.T @ g, g.sum().reshape(1)], out=self.head_grad)
+            coef = g[:, None] * self.h
+        else:
+            coef = g[:, None]
+        # ∂q_i = coef ⊙ p_u and ∂p_u = coef ⊙ q_i: scatter [p_u; q_i]·coef to [items; users]
+        self.table_grad.index_add_(0, order[n:], rows.mul(coef).view(2 * n, -1))
+        self._adam_update()
+        return logits
+
+
 def make_step(model: Recommender, config: TrainConfig) -> TrainStep:
-    """The analytic step for MF/GMF with Adam (unless ``step='autograd'``), else autograd."""
-    analytic_ok = isinstance(model, MF) and config.optimizer == "adam"
+    """The fastest exact step for ``model`` and ``config``.
+
+    Adam: the analytic step for MF/GMF, else autograd with Adam fused over a flat buffer;
+    ``step='autograd'`` forces plain autograd + ``torch.optim``. Other optimizers: autograd.
+    """
+    adam = config.optimizer == "adam"
+    analytic_ok = isinstance(model, MF) and adam
     if config.step == "analytic" and not analytic_ok:
         raise ConfigError(
             f"--step analytic supports mf and gmf with adam, "
             f"not {model.name} with {config.optimizer}"
         )
-    if config.step == "autograd" or not analytic_ok:
+    if config.step == "autograd" or not adam:
         return AutogradStep(model, config)
-    return DotProductAdamStep(model, config)
+    if analytic_ok:
+        return DotProductAdamStep(model, config)
+    return FlatAdamStep(model, config)
