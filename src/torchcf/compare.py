@@ -7,15 +7,12 @@ runs (same settings) and a failure of one model keeps the others' results.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError, TorchcfError
@@ -25,6 +22,7 @@ from torchcf.experiment import (
     Pretrained,
     ensure_run,
     pretrain_config,
+    versions,
 )
 from torchcf.io import atomic_open, atomic_path, write_json
 from torchcf.models import MODELS
@@ -102,7 +100,7 @@ def run_compare(
         "finetune": finetune | {"alpha": alpha},
         "data": {k: v for k, v in spec.__dict__.items() if v is not None},
         "command": command if command is not None else sys.argv,
-        "versions": _versions(),
+        "versions": versions(),
         "wall_seconds": time.perf_counter() - started,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -141,20 +139,6 @@ def _row(key: str, summary: dict[str, Any], run: Path) -> dict[str, Any]:
         "parameters": summary["parameters"],
         "k": k,
         "protocol": summary["protocol"],
-    }
-
-
-def _versions() -> dict[str, str]:
-    import torch
-
-    import torchcf
-
-    return {
-        "torchcf": torchcf.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
     }
 
 

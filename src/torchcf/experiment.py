@@ -246,12 +246,14 @@ def load_split(
     return split, source
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Software versions recorded with every result."""
     return {
         "torchcf": torchcf.__version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "platform": platform.platform(),
     }
 
 
@@ -374,7 +376,7 @@ def run_training(
         "source": source,
         "pretrained": None if pretrained is None else pretrained.as_dict(),
         "command": command if command is not None else sys.argv,
-        "versions": _versions(),
+        "versions": versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", run_config)
@@ -427,7 +429,7 @@ def run_training(
         "source": source,
         **summarise(fit, config, split),
         "wall_seconds": time.perf_counter() - started,
-        "versions": _versions(),
+        "versions": versions(),
     }
     save_model(
         out / "model",

@@ -150,7 +150,35 @@ def _check_tower(embedding_dim: int, layers: int, dropout: float) -> None:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
 
 
-class MLP(Recommender):
+class _TowerModel(Recommender):
+    """Shared shape of the models with an MLP tower: factors, layers, dropout, init."""
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int,
+        layers: int,
+        dropout: float,
+        init_std: float,
+    ) -> None:
+        super().__init__(num_users, num_items)
+        _check_tower(embedding_dim, layers, dropout)
+        self.embedding_dim = embedding_dim
+        self.layers = layers
+        self.dropout = dropout
+        self.init_std = init_std
+
+    def hparams(self) -> dict[str, Any]:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "layers": self.layers,
+            "dropout": self.dropout,
+            "init_std": self.init_std,
+        }
+
+
+class MLP(_TowerModel):
     """NCF's MLP: ``score = hᵀ tower([p_u; q_i]) + b``.
 
     Embeddings of size ``embedding_dim · 2^(layers-1)`` each; ``layers`` ReLU layers halve the width
@@ -170,14 +198,7 @@ class MLP(Recommender):
         init_std: float = 0.01,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(num_users, num_items)
-        _check_tower(embedding_dim, layers, dropout)
-        self.embedding_dim, self.layers, self.dropout, self.init_std = (
-            embedding_dim,
-            layers,
-            dropout,
-            init_std,
-        )
+        super().__init__(num_users, num_items, embedding_dim, layers, dropout, init_std)
         width = embedding_dim * 2 ** (layers - 1)
         self.pair_width = 4 * width
         self.user_embedding = nn.Embedding(num_users, width)
@@ -189,14 +210,6 @@ class MLP(Recommender):
         nn.init.kaiming_uniform_(self.head.weight, a=1, nonlinearity="sigmoid", generator=generator)
         nn.init.zeros_(self.head.bias)
 
-    def hparams(self) -> dict[str, Any]:
-        return {
-            "embedding_dim": self.embedding_dim,
-            "layers": self.layers,
-            "dropout": self.dropout,
-            "init_std": self.init_std,
-        }
-
     def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The tower's output ``(..., embedding_dim)`` for broadcast ``users`` and ``items``."""
         users, items = torch.broadcast_tensors(users, items)
@@ -207,7 +220,7 @@ class MLP(Recommender):
         return self.features(users, items) @ self.head.weight[0] + self.head.bias[0]
 
 
-class NeuMF(Recommender):
+class NeuMF(_TowerModel):
     """NeuMF: a GMF branch and an MLP branch with their own embeddings, one linear head.
 
     ``score = hᵀ [p^G_u ⊙ q^G_i ; tower([p^M_u; q^M_i])] + b``. ``init_from_pretrained`` sets it
@@ -226,14 +239,7 @@ class NeuMF(Recommender):
         init_std: float = 0.01,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(num_users, num_items)
-        _check_tower(embedding_dim, layers, dropout)
-        self.embedding_dim, self.layers, self.dropout, self.init_std = (
-            embedding_dim,
-            layers,
-            dropout,
-            init_std,
-        )
+        super().__init__(num_users, num_items, embedding_dim, layers, dropout, init_std)
         width = embedding_dim * 2 ** (layers - 1)
         self.pair_width = 4 * width + embedding_dim
         self.gmf_user_embedding = nn.Embedding(num_users, embedding_dim)
@@ -251,8 +257,6 @@ class NeuMF(Recommender):
         self.head = nn.Linear(2 * embedding_dim, 1)
         nn.init.kaiming_uniform_(self.head.weight, a=1, nonlinearity="sigmoid", generator=generator)
         nn.init.zeros_(self.head.bias)
-
-    hparams = MLP.hparams
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users, items = torch.broadcast_tensors(users, items)
