@@ -25,7 +25,7 @@ from torchcf.data.interactions import IdMap, Interactions
 from torchcf.data.loaders import find_ncf_files, load_ncf_files, load_path
 from torchcf.errors import ConfigError, DataError
 from torchcf.io import write_json
-from torchcf.models import GMF, MLP, NeuMF, build_model, model_kwargs
+from torchcf.models import GMF, MLP, NeuMF, Recommender, build_model, model_kwargs
 from torchcf.persistence import load_model, save_model
 from torchcf.report import write_learning_curve, write_metrics_csv
 from torchcf.split import Split, leave_one_out, ncf_split
@@ -94,7 +94,7 @@ def init_from_runs(model: torch.nn.Module, pretrained: Pretrained, split: Split)
     """Initialise ``model`` (a NeuMF) from the two runs, after checking they saw the same data."""
     if not isinstance(model, NeuMF):
         raise ConfigError("pretraining initialises neumf models only")
-    loaded = {}
+    loaded: dict[str, Recommender] = {}
     for name, path, kind in (("gmf", pretrained.gmf, GMF), ("mlp", pretrained.mlp, MLP)):
         run = load_model(path)
         if not isinstance(run.model, kind):
@@ -108,7 +108,9 @@ def init_from_runs(model: torch.nn.Module, pretrained: Pretrained, split: Split)
         ):
             raise ConfigError(f"{path} was trained on other data (its users or items differ)")
         loaded[name] = run.model
-    model.init_from_pretrained(loaded["gmf"], loaded["mlp"], pretrained.alpha)
+    gmf, mlp = loaded["gmf"], loaded["mlp"]
+    assert isinstance(gmf, GMF) and isinstance(mlp, MLP)
+    model.init_from_pretrained(gmf, mlp, pretrained.alpha)
 
 
 def pretrain_config(config: TrainConfig, model: str) -> TrainConfig:
@@ -211,6 +213,7 @@ def load_split(
         if files.titles:
             source["titles"] = str(directory / Path(files.titles).name)
     else:
+        assert spec.path is not None  # DataSpec holds exactly one of dataset and path
         path = Path(spec.path).expanduser()
         source.update(dataset=None, path=str(path))
         ncf = find_ncf_files(path) if path.is_dir() else None
@@ -390,6 +393,7 @@ def run_training(
         )
 
     def on_step(n: int) -> None:
+        assert bar is not None
         bar.update(n)
 
     def on_epoch(trainer: Trainer, record: EpochRecord) -> None:

@@ -314,7 +314,8 @@ def build_model(
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
-    return MODELS[name](num_users, num_items, generator=generator, **hparams)
+    cls: Any = MODELS[name]  # every registered model takes a generator
+    return cls(num_users, num_items, generator=generator, **hparams)
 
 
 def model_kwargs(name: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ __all__ = ["epoch_rows", "write_learning_curve", "write_metrics_csv"]
 
 def epoch_rows(history: Sequence[EpochRecord], k: int) -> list[dict[str, object]]:
     """One dict per epoch with metric names that carry the cut-off (``test_hr@10``...)."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for r in history:
         rows.append(
             {

@@ -172,7 +172,7 @@ def leave_one_out(
     val_rule = None
     if validation:
         train, val_holdout, val_rule = _add_validation(train, data, num_negatives, rng)
-    protocol = {
+    protocol: dict[str, Any] = {
         "split": "leave-one-out",
         "test_item": rule,
         "validation_item": val_rule,

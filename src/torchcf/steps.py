@@ -9,6 +9,7 @@ applied to one flat buffer holding every parameter: identical results (tested ag
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -44,7 +45,7 @@ class TrainStep(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def make_optimizer(params: list[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Sequence[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``config.optimizer`` (fused kernels where torch has them)."""
     fused = params[0].device.type in ("cpu", "cuda")
     lr, wd = config.learning_rate, config.weight_decay
@@ -205,6 +206,7 @@ class FlatAdamStep(FlatAdam):
         with torch.no_grad():
             for p, grad in self.sparse:
                 rows = p.grad
+                assert rows is not None and rows.is_sparse
                 grad.index_add_(0, rows._indices()[0], rows._values())
                 p.grad = None
             self._adam_update()
@@ -272,6 +274,6 @@ def make_step(model: Recommender, config: TrainConfig) -> TrainStep:
         )
     if config.step == "autograd" or not adam:
         return AutogradStep(model, config)
-    if analytic_ok:
+    if isinstance(model, MF):
         return DotProductAdamStep(model, config)
     return FlatAdamStep(model, config)
