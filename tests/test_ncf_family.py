@@ -87,6 +87,9 @@ def test_pretrain_chain_from_run_directories(tmp_path):
     mixed.init_from_pretrained(gmf, mlp, 0.5)
     expected = hit_rate(holdout_ranks(mixed, split.test), 10)
     assert summary["selected"]["test"]["hr@10"] == pytest.approx(expected)
+    # epoch 0 is the untouched mix, evaluated before fine-tuning
+    rows = (tmp_path / "neumf" / "metrics.csv").read_text().splitlines()
+    assert rows[1].startswith("0,nan,") and rows[2].startswith("1,")
     config = __import__("json").loads((tmp_path / "neumf" / "config.json").read_text())
     assert config["pretrained"]["gmf"].endswith("gmf")
     with pytest.raises(ConfigError, match="other data"):

@@ -108,3 +108,24 @@ def test_checkpoint_with_other_settings_is_refused(tmp_path):
     other = Trainer(model2, split, config.replace(learning_rate=0.5))
     with pytest.raises(ConfigError, match="learning_rate"):
         other.load_checkpoint(tmp_path / "c.pt")
+
+
+def test_initial_evaluation_is_epoch_zero_and_can_be_selected():
+    model, split, config = _setup(epochs=2, step="autograd")
+    untrained = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, split, config, evaluate_initial=True)
+
+    def ruin(epoch: int) -> float:  # "training" that makes every score equal: HR = 0
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+        return 1.0
+
+    trainer.train_epoch = ruin  # type: ignore[method-assign]
+    fit = trainer.fit()
+    assert [r.epoch for r in fit.history] == [0, 1, 2]
+    assert np.isnan(fit.history[0].loss) and fit.history[0].train_seconds == 0.0
+    assert fit.history[1].test_hr == 0.0 and fit.history[0].val_hr > 0.0
+    assert fit.selected.epoch == 0
+    assert all(torch.equal(fit.state[k], v) for k, v in untrained.items())
+    assert not fit.stopped_early

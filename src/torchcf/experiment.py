@@ -408,6 +408,7 @@ def run_training(
         config,
         callbacks=[on_epoch, checkpoint_callback(checkpoint)],
         progress=on_step if bar is not None else None,
+        evaluate_initial=pretrained is not None,
     )
     if bar is not None:
         samples = len(split.train) * (1 + config.num_negatives)

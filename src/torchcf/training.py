@@ -92,6 +92,7 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         progress: Callable[[int], Any] | None = None,
+        evaluate_initial: bool = False,
     ) -> None:
         if world_size > 1 and not (
             torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -125,6 +126,7 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stop = False
         self._stale = 0
+        self.evaluate_initial = evaluate_initial
 
     # -- data --------------------------------------------------------------------------------
     def epoch_samples(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -178,37 +180,33 @@ class Trainer:
         return out
 
     # -- the loop ---------------------------------------------------------------------------------
+    def _record(self, epoch: int, loss: float, train_seconds: float) -> EpochRecord:
+        t0 = time.perf_counter()
+        metrics = self.evaluate()
+        val = metrics.get("validation")
+        return EpochRecord(
+            epoch=epoch,
+            loss=loss,
+            test_hr=metrics["test"][0],
+            test_ndcg=metrics["test"][1],
+            val_hr=None if val is None else val[0],
+            val_ndcg=None if val is None else val[1],
+            train_seconds=train_seconds,
+            eval_seconds=time.perf_counter() - t0,
+        )
+
     def fit(self) -> FitResult:
+        """Train the remaining epochs; with ``evaluate_initial``, epoch 0 is the untrained model
+        (for a pretrained NeuMF: the α-mix of its parts), which selection may also pick."""
         selection = self.selection
-        first = len(self.history) + 1
+        if self.evaluate_initial and not self.history:
+            self._accept(self._record(0, math.nan, 0.0), selection)
+        first = self.history[-1].epoch + 1 if self.history else 1
         for epoch in range(first, self.config.epochs + 1):
             t0 = time.perf_counter()
             loss = self.train_epoch(epoch)
-            t1 = time.perf_counter()
-            metrics = self.evaluate()
-            t2 = time.perf_counter()
-            val = metrics.get("validation")
-            record = EpochRecord(
-                epoch=epoch,
-                loss=loss,
-                test_hr=metrics["test"][0],
-                test_ndcg=metrics["test"][1],
-                val_hr=None if val is None else val[0],
-                val_ndcg=None if val is None else val[1],
-                train_seconds=t1 - t0,
-                eval_seconds=t2 - t1,
-            )
-            self.history.append(record)
-            if self.best is None or record.score(selection) > self.best.score(selection):
-                self.best = record
-                self.best_state = _clone_state(self.model)
-                self._stale = 0
-            else:
-                self._stale += 1
-            if self.config.patience and self._stale >= self.config.patience:
-                self.stop = True
-            for callback in self.callbacks:
-                callback(self, record)
+            record = self._record(epoch, loss, time.perf_counter() - t0)
+            self._accept(record, selection)
             if self.stop:
                 break
         if self.best is None or self.best_state is None:
@@ -219,9 +217,23 @@ class Trainer:
             selected=self.best,
             selected_by=selection,
             best_test=best_test,
-            stopped_early=self.stop and len(self.history) < self.config.epochs,
+            stopped_early=self.stop and self.history[-1].epoch < self.config.epochs,
             state=self.best_state,
         )
+
+    def _accept(self, record: EpochRecord, selection: str) -> None:
+        """Log ``record``, track the best epoch, early stopping, and run the callbacks."""
+        self.history.append(record)
+        if self.best is None or record.score(selection) > self.best.score(selection):
+            self.best = record
+            self.best_state = _clone_state(self.model)
+            self._stale = 0
+        else:
+            self._stale += 1
+        if self.config.patience and self._stale >= self.config.patience:
+            self.stop = True
+        for callback in self.callbacks:
+            callback(self, record)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path) -> None:
