@@ -129,3 +129,28 @@ def test_initial_evaluation_is_epoch_zero_and_can_be_selected():
     assert fit.selected.epoch == 0
     assert all(torch.equal(fit.state[k], v) for k, v in untrained.items())
     assert not fit.stopped_early
+
+
+def test_dropout_runs_repeat_and_leave_the_global_rng_alone():
+    data = planted(num_users=60, num_items=30, groups=3, per_user=6)
+    split = leave_one_out(data, 10, seed=0)
+    config = TrainConfig(
+        model="mlp",
+        embedding_dim=4,
+        layers=2,
+        dropout=0.5,
+        epochs=2,
+        batch_size=32,
+        learning_rate=0.01,
+    )
+    states = []
+    for torch_seed in (1, 2):  # different global RNG states must not matter
+        torch.manual_seed(torch_seed)
+        model = build_model(
+            "mlp", data.num_users, data.num_items, seed=0, embedding_dim=4, layers=2, dropout=0.5
+        )
+        before = torch.random.get_rng_state()
+        Trainer(model, split, config).fit()
+        assert torch.equal(torch.random.get_rng_state(), before)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

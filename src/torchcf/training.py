@@ -153,10 +153,17 @@ class Trainer:
         size = self.config.batch_size
         logits = []
         batches = zip(users.split(size), items.split(size), labels.split(size), strict=True)
-        for batch_users, batch_items, batch_labels in batches:
-            logits.append(self.step(batch_users, batch_items, batch_labels))
-            if self.progress is not None:
-                self.progress(len(batch_users))
+        # dropout draws from torch's global generator (modules take none): seed it per epoch
+        # inside a fork, so runs and resumed runs repeat and the caller's RNG is left untouched
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(
+                int(np.random.default_rng([self.config.seed, epoch, 1]).integers(2**62))
+            )
+            for batch_users, batch_items, batch_labels in batches:
+                logits.append(self.step(batch_users, batch_items, batch_labels))
+                if self.progress is not None:
+                    self.progress(len(batch_users))
         mean = (
             float(bce_with_logits(torch.cat(logits).double(), labels.double())) if logits else 0.0
         )
