@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 # NeuMF fine-tuning after pretraining (chosen on the validation holdout: benchmarks/RESULTS.md)
-FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "adam", "learning_rate": 1e-4}
+FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "learning_rate": 0.05}
 
 PRETRAIN_DIR = "pretrain"  # inside a NeuMF run directory: the GMF and MLP runs it starts from
 
