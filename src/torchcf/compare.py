@@ -6,7 +6,6 @@ runs (same settings) and a failure of one model keeps the others' results.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
@@ -217,7 +216,3 @@ def write_curves(path: Path, histories: dict[str, list[dict[str, Any]]], k: int)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-def load_results(out: str | Path) -> dict[str, Any]:
-    return json.loads((Path(out) / "results.json").read_text())

@@ -66,13 +66,6 @@ class TrainConfig:
         if self.init_std <= 0:
             raise ConfigError(f"init_std must be positive, got {self.init_std}")
 
-    @property
-    def selection(self) -> str:
-        """The holdout that selects the best epoch."""
-        if self.select_by == "auto":
-            return "validation" if self.validation else "test"
-        return self.select_by
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
