@@ -154,3 +154,14 @@ def test_dropout_runs_repeat_and_leave_the_global_rng_alone():
         assert torch.equal(torch.random.get_rng_state(), before)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_progress_reports_each_epoch_start_and_every_sample():
+    model, split, config = _setup(epochs=2)
+    calls: list[tuple[int, int, int]] = []
+    Trainer(model, split, config, progress=lambda *a: calls.append(a)).fit()
+    total = 5 * len(split.train)
+    for epoch in (1, 2):
+        mine = [c for c in calls if c[0] == epoch]
+        assert mine[0] == (epoch, 0, total)
+        assert sum(n for _, n, _ in mine) == total and all(t == total for *_, t in mine)

@@ -392,8 +392,11 @@ def run_training(
             total=0, unit="sample", unit_scale=True, leave=False, file=sys.stderr, disable=None
         )
 
-    def on_step(n: int) -> None:
+    def on_step(epoch: int, n: int, total: int) -> None:
         assert bar is not None
+        if n == 0:  # a new epoch
+            bar.reset(total=total)
+            bar.set_description(f"epoch {epoch}/{config.epochs}")
         bar.update(n)
 
     def on_epoch(trainer: Trainer, record: EpochRecord) -> None:
@@ -410,16 +413,6 @@ def run_training(
         progress=on_step if bar is not None else None,
         evaluate_initial=pretrained is not None,
     )
-    if bar is not None:
-        samples = len(split.train) * (1 + config.num_negatives)
-        original = trainer.train_epoch
-
-        def train_epoch_with_bar(epoch: int) -> float:
-            bar.reset(total=samples)
-            bar.set_description(f"epoch {epoch}/{config.epochs}")
-            return original(epoch)
-
-        trainer.train_epoch = train_epoch_with_bar  # type: ignore[method-assign]
     if resume:
         trainer.load_checkpoint(checkpoint)
         echo(f"resumed after epoch {len(trainer.history)}")

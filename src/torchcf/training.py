@@ -81,7 +81,11 @@ Callback = Callable[["Trainer", EpochRecord], None]
 
 
 class Trainer:
-    """Trains ``model`` on ``split.train`` and evaluates it on the holdouts after every epoch."""
+    """Trains ``model`` on ``split.train`` and evaluates it on the holdouts after every epoch.
+
+    ``progress(epoch, n, total)`` is called with ``n = 0`` when an epoch starts and with each
+    batch's size after its step (``total`` = the epoch's samples); ``callbacks`` after each epoch.
+    """
 
     def __init__(
         self,
@@ -91,7 +95,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         rank: int = 0,
         world_size: int = 1,
-        progress: Callable[[int], Any] | None = None,
+        progress: Callable[[int, int, int], Any] | None = None,
         evaluate_initial: bool = False,
     ) -> None:
         if world_size > 1 and not (
@@ -156,6 +160,8 @@ class Trainer:
         # dropout draws from torch's global generator (modules take none): seed it per epoch
         # inside a fork, so runs and resumed runs repeat and the caller's RNG is left untouched
         devices = [self.device] if self.device.type == "cuda" else []
+        if self.progress is not None:
+            self.progress(epoch, 0, len(users))  # an epoch starts
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(
                 int(np.random.default_rng([self.config.seed, epoch, 1]).integers(2**62))
@@ -163,7 +169,7 @@ class Trainer:
             for batch_users, batch_items, batch_labels in batches:
                 logits.append(self.step(batch_users, batch_items, batch_labels))
                 if self.progress is not None:
-                    self.progress(len(batch_users))
+                    self.progress(epoch, len(batch_users), len(users))
         mean = (
             float(bce_with_logits(torch.cat(logits).double(), labels.double())) if logits else 0.0
         )
