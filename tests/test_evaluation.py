@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchcf.evaluation import evaluate_sampled, hit_rate, ndcg, positive_ranks
-from torchcf.models import Recommender
+from torchcf.models import ScoringModel
 from torchcf.split import Holdout
 
 
@@ -64,7 +64,7 @@ def test_metric_properties(n, c, k, seed):
     assert positive_ranks(worst).tolist() == [c - 1] * n
 
 
-class _Constant(Recommender):
+class _Constant(ScoringModel):
     name = "constant"
 
     def forward(self, users, items):

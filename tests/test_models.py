@@ -9,7 +9,7 @@ import torch
 from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.evaluation import hit_rate, holdout_ranks, positive_ranks
-from torchcf.models import GMF, MF, MODELS, Recommender, build_model, model_kwargs
+from torchcf.models import GMF, MF, MODELS, ScoringModel, build_model, model_kwargs
 from torchcf.persistence import load_model, save_model
 from torchcf.split import leave_one_out
 from torchcf.training import Trainer
@@ -37,7 +37,7 @@ def test_score_all_agrees_with_forward(name):
     assert torch.allclose(model.score_all(users), every, atol=1e-5)
     single = torch.stack([model(users[u : u + 1], torch.tensor([3]))[0] for u in range(7)])
     assert torch.allclose(single, every[:, 3], atol=1e-6)  # batch == single
-    generic = Recommender.score_all(model, users, chunk=3)  # the generic fallback
+    generic = ScoringModel.score_all(model, users, chunk=3)  # the generic fallback
     assert torch.allclose(generic, every, atol=1e-5)
 
 

@@ -9,7 +9,7 @@ from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError
 from torchcf.experiment import DataSpec, Pretrained, pretrain_config, run_training
-from torchcf.models import GMF, MLP, NeuMF, build_model
+from torchcf.models import GMF, MLP, Dropout, NeuMF, build_model
 
 
 def test_mlp_tower_halves_down_to_the_factors():
@@ -19,9 +19,26 @@ def test_mlp_tower_halves_down_to_the_factors():
     assert widths == [32, 16, 8]
     assert model.tower[0].in_features == 64
     with_dropout = MLP(10, 20, embedding_dim=8, layers=2, dropout=0.2)
-    assert any(isinstance(m, torch.nn.Dropout) for m in with_dropout.tower)
+    assert any(isinstance(m, Dropout) for m in with_dropout.tower)
     with pytest.raises(ConfigError):
         MLP(10, 20, layers=0)
+
+
+def test_dropout_drops_at_rate_keeps_expectation_and_repeats_under_seed():
+    layer = Dropout(0.2)
+    x = torch.ones(400, 500, requires_grad=True)
+    torch.manual_seed(3)
+    out = layer(x)
+    dropped = float((out.detach() == 0).float().mean())
+    assert abs(dropped - 51 / 256) < 0.005
+    assert abs(float(out.detach().mean()) - 1.0) < 0.01  # inverted scaling keeps the expectation
+    out.sum().backward()  # the gradient flows through kept units only, scaled the same
+    assert torch.equal(x.grad, out.detach())
+    torch.manual_seed(3)
+    assert torch.equal(layer(x), out)  # seeded by torch's generator
+    assert not torch.equal(layer(x), out)  # and fresh masks on every call
+    layer.eval()
+    assert torch.equal(layer(x), x)
 
 
 def test_pretrained_neumf_scores_alpha_mix_of_its_parts():

@@ -210,7 +210,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--out", required=True, help="report directory (runs go in OUT/runs)")
     compare.add_argument("--rerun", action="store_true", help="retrain even finished runs")
+
+    rec = sub.add_parser(
+        "recommend",
+        help="top-k items for a user (or for a new user's items)",
+        description="Recommend from a trained run or model directory.",
+    )
+    rec.add_argument("run", metavar="RUN_DIR", help="a run directory (or its model/)")
+    who = rec.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="ID", help="a user id of the training data")
+    who.add_argument(
+        "--items", metavar="ID,ID,...", help="a new user's items: fold-in recommendations"
+    )
+    rec.add_argument("-k", "--k", type=int, default=10, help="list length (default 10)")
+    rec.add_argument(
+        "--include-seen", action="store_true", help="allow items the user already interacted with"
+    )
+    rec.add_argument("--filter", metavar="ID,ID,...", help="never recommend these items")
+    rec.add_argument(
+        "--unknown-user",
+        default="error",
+        choices=["error", "popular"],
+        help="a user not in training: error (default) or the most popular items",
+    )
+    _add_output_flags(rec)
+
+    similar = sub.add_parser(
+        "similar",
+        help="items most similar to an item",
+        description="Items nearest to an item by cosine similarity of the item embeddings.",
+    )
+    similar.add_argument("run", metavar="RUN_DIR", help="a run directory (or its model/)")
+    similar.add_argument("--item", metavar="ID", required=True, help="an item id")
+    similar.add_argument("-k", "--k", type=int, default=10, help="list length (default 10)")
+    _add_output_flags(similar)
+
+    srv = sub.add_parser(
+        "serve",
+        help="HTTP service: /recommend, /similar, /model, /health, /docs",
+        description="Serve a trained model over HTTP (FastAPI + uvicorn).",
+    )
+    srv.add_argument("run", metavar="RUN_DIR", help="a run directory (or its model/)")
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000, help="default 8000")
+    srv.add_argument(
+        "--unknown-user",
+        default="error",
+        choices=["error", "popular"],
+        help="a user not in training: 404 (error, default) or the most popular items",
+    )
+    srv.add_argument("--max-k", type=int, default=1000, help="largest k accepted (default 1000)")
+    srv.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: requests are small)"
+    )
+    srv.add_argument("--titles", metavar="FILE", help="movies.dat or u.item for titles")
+    srv.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     return parser
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--titles",
+        metavar="FILE",
+        help="movies.dat or u.item for titles (default: the one the model was trained beside)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _setup_torch(args: argparse.Namespace) -> None:
@@ -341,6 +405,76 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if report["failed"] else 0
 
 
+def _id_list(text: str, flag: str) -> list[str]:
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise TorchcfError(f"{flag} needs at least one id")
+    return ids
+
+
+def _print_rows(header: dict[str, object], rows: list[dict[str, object]], as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps({**header, "items": rows}))
+        return
+    print("  ".join(f"{key} {value}" for key, value in header.items() if value is not None))
+    titled = any(row["title"] is not None for row in rows)
+    width = max([len(str(row["item"])) for row in rows] + [4])
+    print(f"{'rank':>4}  {'item':>{width}}  {'score':>8}" + ("  title" if titled else ""))
+    for rank, row in enumerate(rows, start=1):
+        line = f"{rank:>4}  {row['item']!s:>{width}}  {row['score']:>8.4f}"
+        print(line + (f"  {row['title'] or ''}" if titled else ""))
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from torchcf.recommend import Recommender
+
+    rec = Recommender.load(args.run, unknown_user=args.unknown_user, titles=args.titles)
+    filtered = _id_list(args.filter, "--filter") if args.filter else None
+    if args.items is not None:
+        ids, scores = rec.recommend_for_items(
+            _id_list(args.items, "--items"),
+            k=args.k,
+            exclude_seen=not args.include_seen,
+            filter_items=filtered,
+        )
+        header: dict[str, object] = {"user": None}
+    else:
+        ids, scores = rec.recommend(
+            args.user, k=args.k, exclude_seen=not args.include_seen, filter_items=filtered
+        )
+        user = rec.user_map.to_index(args.user, strict=False, what="user")[0]
+        header = {"user": rec.user_map.to_id(user).item() if user >= 0 else args.user}
+    _print_rows(header, rec.rows(ids, scores), args.json)
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from torchcf.recommend import Recommender
+
+    rec = Recommender.load(args.run, titles=args.titles)
+    ids, scores = rec.similar_items(args.item, k=args.k)
+    item = rec.item_map.to_id(rec.item_map.to_index(args.item, what="item")[0]).item()
+    _print_rows({"item": item}, rec.rows(ids, scores), args.json)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from torchcf.recommend import Recommender
+    from torchcf.serve import serve
+
+    if args.threads < 1 or args.max_k < 1 or not 0 < args.port < 65536:
+        raise TorchcfError("--threads and --max-k must be positive, --port in 1–65535")
+    torch.set_num_threads(args.threads)
+    rec = Recommender.load(args.run, unknown_user=args.unknown_user, titles=args.titles)
+    print(f"serving {rec.name} from {args.run} on http://{args.host}:{args.port} (docs: /docs)")
+    serve(rec, host=args.host, port=args.port, log_level=args.log_level, max_k=args.max_k)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -349,6 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command in ("recommend", "similar", "serve"):
+            return {"recommend": _recommend, "similar": _similar, "serve": _serve}[args.command](
+                args
+            )
         parser.error(f"unknown command {args.command}")
     except TorchcfError as exc:
         print(f"torchcf: error: {exc}", file=sys.stderr)

@@ -17,3 +17,15 @@ class DataError(TorchcfError, ValueError):
 
 class ConfigError(TorchcfError, ValueError):
     """An impossible or contradictory option."""
+
+
+class UnknownIdError(DataError, KeyError):
+    """An external user or item id the model does not know (HTTP 404 when served)."""
+
+    def __init__(self, what: str, value: object) -> None:
+        super().__init__(f"unknown {what} {value!r}")
+        self.what = what
+        self.value = value
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

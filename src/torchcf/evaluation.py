@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from torchcf.models import Recommender
+from torchcf.models import ScoringModel
 from torchcf.split import Holdout
 
 __all__ = ["EvalResult", "evaluate_sampled", "hit_rate", "ndcg", "positive_ranks"]
@@ -67,7 +67,7 @@ class EvalResult:
 
 @torch.no_grad()
 def holdout_ranks(
-    model: Recommender,
+    model: ScoringModel,
     holdout: Holdout,
     device: torch.device | str = "cpu",
     batch_users: int | None = None,
@@ -96,7 +96,7 @@ def holdout_ranks(
 
 
 def evaluate_sampled(
-    model: Recommender,
+    model: ScoringModel,
     holdout: Holdout,
     k: int = 10,
     device: torch.device | str = "cpu",

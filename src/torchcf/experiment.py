@@ -25,7 +25,7 @@ from torchcf.data.interactions import IdMap, Interactions
 from torchcf.data.loaders import find_ncf_files, load_ncf_files, load_path
 from torchcf.errors import ConfigError, DataError
 from torchcf.io import write_json
-from torchcf.models import GMF, MLP, NeuMF, Recommender, build_model, model_kwargs
+from torchcf.models import GMF, MLP, NeuMF, ScoringModel, build_model, model_kwargs
 from torchcf.persistence import load_model, save_model
 from torchcf.report import write_learning_curve, write_metrics_csv
 from torchcf.split import Split, leave_one_out, ncf_split
@@ -94,7 +94,7 @@ def init_from_runs(model: torch.nn.Module, pretrained: Pretrained, split: Split)
     """Initialise ``model`` (a NeuMF) from the two runs, after checking they saw the same data."""
     if not isinstance(model, NeuMF):
         raise ConfigError("pretraining initialises neumf models only")
-    loaded: dict[str, Recommender] = {}
+    loaded: dict[str, ScoringModel] = {}
     for name, path, kind in (("gmf", pretrained.gmf, GMF), ("mlp", pretrained.mlp, MLP)):
         run = load_model(path)
         if not isinstance(run.model, kind):
@@ -211,7 +211,7 @@ def load_split(
         ratings = directory / Path(files.ratings).name
         data = load_path(ratings, min_rating=spec.min_rating)
         if files.titles:
-            source["titles"] = str(directory / Path(files.titles).name)
+            source["titles"] = str((directory / Path(files.titles).name).resolve())
     else:
         assert spec.path is not None  # DataSpec holds exactly one of dataset and path
         path = Path(spec.path).expanduser()
@@ -227,6 +227,7 @@ def load_split(
                 data_ncf, config.eval_negatives, validation=config.validation, seed=config.seed
             )
             source.update(format="ncf", files=[str(ncf.train), str(ncf.test), str(ncf.negative)])
+            source.update(_ncf_titles(path))
             return split, source
         data = load_path(
             path,
@@ -240,13 +241,24 @@ def load_split(
         for name in ("movies.dat", "u.item"):
             candidate = (path if path.is_dir() else path.parent) / name
             if candidate.exists():
-                source["titles"] = str(candidate)
+                source["titles"] = str(candidate.resolve())
     data = filter_users(data, spec.min_user_interactions)
     source["format"] = "interactions"
     split = leave_one_out(
         data, config.eval_negatives, validation=config.validation, seed=config.seed
     )
     return split, source
+
+
+def _ncf_titles(directory: Path) -> dict[str, str]:
+    """An NCF split renumbers items; with ``movies.dat`` beside it and an ``ncf_item_map.tsv``
+    (NCF item id → MovieID) here, beside it or in ``derived/``, recommendations get titles."""
+    movies = directory.parent / "movies.dat"
+    for where in (directory, directory.parent, directory.parent / "derived"):
+        id_map = where / "ncf_item_map.tsv"
+        if movies.exists() and id_map.exists():
+            return {"titles": str(movies.resolve()), "title_ids": str(id_map.resolve())}
+    return {}
 
 
 def versions() -> dict[str, str]:

@@ -26,7 +26,7 @@ import torchcf
 from torchcf.data.interactions import IdMap, Interactions
 from torchcf.errors import DataError
 from torchcf.io import atomic_directory
-from torchcf.models import MODELS, Recommender
+from torchcf.models import MODELS, ScoringModel
 
 __all__ = ["LoadedModel", "load_model", "save_model"]
 
@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 class LoadedModel:
     """A model with everything needed to turn its scores into recommendations."""
 
-    model: Recommender
+    model: ScoringModel
     user_map: IdMap
     item_map: IdMap
     seen: sp.csr_matrix
@@ -47,7 +47,7 @@ class LoadedModel:
 
 def save_model(
     path: str | Path,
-    model: Recommender,
+    model: ScoringModel,
     train: Interactions,
     metadata: dict[str, Any] | None = None,
     state: dict[str, torch.Tensor] | None = None,

@@ -17,7 +17,7 @@ import torch
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError
 from torchcf.losses import bce_with_logits
-from torchcf.models import GMF, MF, Recommender
+from torchcf.models import GMF, MF, ScoringModel
 
 __all__ = [
     "AutogradStep",
@@ -63,7 +63,7 @@ class AutogradStep:
     the rows in the batch move, their moments too), the other parameters dense Adam.
     """
 
-    def __init__(self, model: Recommender, config: TrainConfig) -> None:
+    def __init__(self, model: ScoringModel, config: TrainConfig) -> None:
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizers: list[torch.optim.Optimizer]
@@ -107,7 +107,7 @@ class FlatAdam:
     of ``self.grad``, so the whole update is one fused kernel instead of one per tensor.
     """
 
-    def __init__(self, model: Recommender, config: TrainConfig) -> None:
+    def __init__(self, model: ScoringModel, config: TrainConfig) -> None:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
@@ -179,7 +179,7 @@ class FlatAdamStep(FlatAdam):
     every parameter, exactly ``torch.optim.Adam``.
     """
 
-    def __init__(self, model: Recommender, config: TrainConfig) -> None:
+    def __init__(self, model: ScoringModel, config: TrainConfig) -> None:
         super().__init__(model, config)
         sparse_ids = set()
         for module in model.modules():
@@ -259,7 +259,7 @@ class DotProductAdamStep(FlatAdam):
         return logits
 
 
-def make_step(model: Recommender, config: TrainConfig) -> TrainStep:
+def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     """The fastest exact step for ``model`` and ``config``.
 
     Adam: the analytic step for MF/GMF, else autograd with Adam fused over a flat buffer;

@@ -24,7 +24,7 @@ from torchcf.errors import ConfigError, TorchcfError
 from torchcf.evaluation import hit_rate, holdout_ranks, ndcg
 from torchcf.io import atomic_path
 from torchcf.losses import bce_with_logits
-from torchcf.models import Recommender
+from torchcf.models import ScoringModel
 from torchcf.sampling import sample_negatives
 from torchcf.split import Split
 from torchcf.steps import make_step
@@ -89,7 +89,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: Recommender,
+        model: ScoringModel,
         split: Split,
         config: TrainConfig,
         callbacks: Sequence[Callback] = (),

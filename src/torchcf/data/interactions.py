@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from torchcf.errors import DataError
+from torchcf.errors import DataError, UnknownIdError
 
 __all__ = ["IdMap", "Interactions"]
 
@@ -67,11 +67,11 @@ class IdMap:
                 arr = arr.astype(np.int64)
             except (TypeError, ValueError):
                 if strict:
-                    raise DataError(f"unknown {what} {arr[0].tolist()!r}") from None
+                    raise UnknownIdError(what, arr[0].tolist()) from None
                 return np.full(len(arr), -1, dtype=np.int64)
         idx = self._index.get_indexer(arr).astype(np.int64)
         if strict and (idx < 0).any():
-            raise DataError(f"unknown {what} {arr[np.argmax(idx < 0)].tolist()!r}")
+            raise UnknownIdError(what, arr[np.argmax(idx < 0)].tolist())
         return idx
 
     def to_id(self, index: Any) -> np.ndarray:

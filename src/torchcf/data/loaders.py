@@ -26,6 +26,7 @@ __all__ = [
     "load_ml1m",
     "load_ncf_files",
     "load_path",
+    "load_title_map",
     "load_titles",
 ]
 
@@ -257,6 +258,20 @@ def load_titles(path: str | Path) -> dict[Any, str]:
             raise DataError(f"{path}: line {number}: expected 'id{sep}title{sep}...'")
         titles[int(parts[0])] = parts[1]
     return titles
+
+
+def load_title_map(path: str | Path) -> dict[int, int]:
+    """A two-column TSV with a header (``ncf_item_id  MovieID``): item id → title-file id."""
+    path = _require_file(Path(path))
+    mapping: dict[int, int] = {}
+    for number, line in enumerate(path.read_text().splitlines()[1:], start=2):
+        parts = line.split("\t")
+        if not line.strip():
+            continue
+        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise DataError(f"{path}: line {number}: expected 'item_id<TAB>title_id'")
+        mapping[int(parts[0])] = int(parts[1])
+    return mapping
 
 
 @dataclass(frozen=True)
