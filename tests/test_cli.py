@@ -217,3 +217,17 @@ def test_named_dataset_from_data_dir(tmp_path, tiny):
         json.loads((tmp_path / "run" / "metrics.json").read_text())["source"]["dataset"]
         == "ml-100k"
     )
+
+
+def test_flags_override_each_models_recipe():
+    from torchcf.cli import _config, build_parser
+
+    args = build_parser().parse_args(["train", "--data", "x", "--model", "mlp", "--epochs", "3"])
+    mlp = _config(args, "mlp")
+    assert (mlp.epochs, mlp.batch_size, mlp.dropout) == (3, 1024, 0.2)  # given, recipe, recipe
+    gmf = _config(args, "gmf")
+    assert (gmf.epochs, gmf.batch_size, gmf.dropout, gmf.optimizer) == (3, 256, 0.0, "adam")
+    finetune = _config(build_parser().parse_args(["train", "--data", "x"]), "neumf", True)
+    assert (finetune.optimizer, finetune.learning_rate, finetune.epochs) == ("sgd", 0.05, 3)
+    given = build_parser().parse_args(["compare", "--data", "x", "--out", "o", "--dropout", "0"])
+    assert _config(given, "mlp").dropout == 0.0 and _config(given, "mlp").validation is True

@@ -8,7 +8,6 @@ import pytest
 
 from conftest import tiny_rows, write_ml1m
 from torchcf.compare import run_compare
-from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError
 from torchcf.experiment import DataSpec
 
@@ -19,7 +18,7 @@ def spec(tmp_path):
     return DataSpec(path=str(tmp_path / "ratings.dat"))
 
 
-CONFIG = TrainConfig(embedding_dim=4, layers=2, epochs=2, batch_size=64, eval_negatives=8)
+CONFIG = {"embedding_dim": 4, "layers": 2, "epochs": 2, "batch_size": 64, "eval_negatives": 8}
 
 
 def test_compare_writes_report_curves_and_results(spec, tmp_path):
@@ -50,6 +49,13 @@ def test_compare_writes_report_curves_and_results(spec, tmp_path):
         assert float(cells[6]) == pytest.approx(row["best_test_hr@10"], abs=5e-5)
         assert int(cells[10].replace(",", "")) == row["parameters"]
     assert "## Protocol" in table and "torchcf compare" in table and "torch:" in table
+    # each model's recipe under the explicit settings (CONFIG)
+    settings = results["settings"]
+    assert {s["batch_size"] for s in settings.values()} == {64}
+    assert settings["mlp"]["dropout"] == settings["neumf"]["dropout"] == 0.2
+    assert settings["gmf"]["dropout"] == 0.0 and settings["gmf"]["optimizer"] == "adam"
+    assert settings["neumf-pre"]["optimizer"] == "sgd" and settings["neumf-pre"]["epochs"] == 2
+    assert "- mlp: " in table and "dropout=0.2" in table
     # neumf-pre started from this compare's own gmf and mlp runs
     neumf_pre = json.loads((out / "runs" / "neumf-pre" / "config.json").read_text())
     assert neumf_pre["pretrained"]["gmf"] == str(out / "runs" / "gmf")

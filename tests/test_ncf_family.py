@@ -88,8 +88,9 @@ def test_pretrain_chain_from_run_directories(tmp_path):
         learning_rate=1e-3,
     )
     quiet = {"progress": False, "echo": lambda _: None}
+    shape = {"embedding_dim": 4, "layers": 2, "epochs": 2, "batch_size": 64, "eval_negatives": 8}
     for part in ("gmf", "mlp"):
-        run_training(spec, pretrain_config(base, part), tmp_path / part, **quiet)
+        run_training(spec, pretrain_config(part, shape), tmp_path / part, **quiet)
     pretrained = Pretrained(str(tmp_path / "gmf"), str(tmp_path / "mlp"), 0.5)
     one_epoch = base.replace(epochs=1, learning_rate=1e-12)  # a no-op fine-tune
     summary = run_training(spec, one_epoch, tmp_path / "neumf", pretrained=pretrained, **quiet)
@@ -100,7 +101,7 @@ def test_pretrain_chain_from_run_directories(tmp_path):
 
     split, _ = load_split(spec, one_epoch)
     gmf, mlp = load_model(tmp_path / "gmf").model, load_model(tmp_path / "mlp").model
-    mixed = NeuMF(split.num_users, split.num_items, embedding_dim=4, layers=2)
+    mixed = NeuMF(split.num_users, split.num_items, embedding_dim=4, layers=2, dropout=0.2)
     mixed.init_from_pretrained(gmf, mlp, 0.5)
     expected = hit_rate(holdout_ranks(mixed, split.test), 10)
     assert summary["selected"]["test"]["hr@10"] == pytest.approx(expected)

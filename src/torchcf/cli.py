@@ -66,10 +66,17 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from torchcf.config import OPTIMIZERS, TrainConfig
-    from torchcf.experiment import FINETUNE_DEFAULTS
+    """The TrainConfig flags. Their parsed default is None ("not given"): each model's recipe
+    (``config.recipe``) fills what the user left out; the help shows the seed's defaults."""
+    import dataclasses
+
+    from torchcf.config import FINETUNE_DEFAULTS, MODEL_DEFAULTS, OPTIMIZERS, TrainConfig
 
     d = TrainConfig()
+    per_model = "; ".join(
+        f"{model}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+        for model, values in MODEL_DEFAULTS.items()
+    )
     g = parser.add_argument_group("model and training")
     g.add_argument(
         "--factors",
@@ -78,7 +85,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         default=d.embedding_dim,
         help=f"embedding size (default {d.embedding_dim})",
     )
-    g.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    g.add_argument(
+        "--epochs", type=int, help=f"default {d.epochs} (per-model defaults: {per_model})"
+    )
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     g.add_argument(
         "--lr",
@@ -92,13 +101,17 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--optimizer",
         default=None,
         choices=list(OPTIMIZERS),
-        help=f"default adam (NeuMF fine-tuning after --pretrain: {FINETUNE_DEFAULTS['optimizer']})",
+        help=f"default adam (NeuMF fine-tuning after --pretrain: {FINETUNE_DEFAULTS['optimizer']}"
+        f", {FINETUNE_DEFAULTS['epochs']} epochs)",
     )
     g.add_argument(
         "--layers", type=int, default=d.layers, help=f"MLP/NeuMF tower layers (default {d.layers})"
     )
     g.add_argument(
-        "--dropout", type=float, default=d.dropout, help="MLP/NeuMF dropout per layer (default 0)"
+        "--dropout",
+        type=float,
+        default=d.dropout,
+        help="MLP/NeuMF dropout per layer (default 0; see --epochs for per-model defaults)",
     )
     g.add_argument(
         "--weight-decay", type=float, default=d.weight_decay, help="L2 penalty (default 0)"
@@ -153,6 +166,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="stop after this many epochs without improvement (0 = never)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(
+        **{f.name: None for f in dataclasses.fields(TrainConfig) if f.name != "model"}
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,37 +321,21 @@ def _spec(args: argparse.Namespace) -> DataSpec:
     )
 
 
-def _config(args: argparse.Namespace, model: str, finetune: bool = False) -> TrainConfig:
-    """The training config of the flags; NeuMF fine-tuning has its own optimizer defaults."""
-    from torchcf.config import TrainConfig
-    from torchcf.experiment import FINETUNE_DEFAULTS
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The TrainConfig fields the user set on the command line."""
+    import dataclasses
 
-    defaults = FINETUNE_DEFAULTS if finetune else {}
-    optimizer = args.optimizer or defaults.get("optimizer", TrainConfig.optimizer)
-    learning_rate = args.learning_rate
-    if learning_rate is None:
-        learning_rate = defaults.get("learning_rate", TrainConfig.learning_rate)
-    return TrainConfig(
-        model=model,
-        embedding_dim=args.embedding_dim,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=learning_rate,
-        optimizer=optimizer,
-        weight_decay=args.weight_decay,
-        num_negatives=args.num_negatives,
-        eval_negatives=args.eval_negatives,
-        k=args.k,
-        validation=args.validation,
-        select_by=args.select_by,
-        patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        step=args.step,
-        init_std=args.init_std,
-        layers=args.layers,
-        dropout=args.dropout,
-    )
+    from torchcf.config import TrainConfig
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+    return {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+
+
+def _config(args: argparse.Namespace, model: str, finetune: bool = False) -> TrainConfig:
+    """The training config of the flags on top of the model's recipe."""
+    from torchcf.config import recipe
+
+    return recipe(model, _overrides(args), finetune=finetune)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -365,7 +365,9 @@ def _train(args: argparse.Namespace) -> int:
                     raise TorchcfError(f"--pretrain-{part} RUN (or --pretrain) is needed too")
                 part_dir = out / PRETRAIN_DIR / part
                 print(f"== pretraining {part} in {part_dir}")
-                ensure_run(spec, pretrain_config(config, part), part_dir, progress=progress)
+                ensure_run(
+                    spec, pretrain_config(part, _overrides(args)), part_dir, progress=progress
+                )
                 parts[part] = str(part_dir)
         pretrained = Pretrained(parts["gmf"], parts["mlp"], args.alpha)
         print(f"== neumf from {parts['gmf']} and {parts['mlp']}")
@@ -386,20 +388,14 @@ def _compare(args: argparse.Namespace) -> int:
     from torchcf.compare import run_compare
 
     _setup_torch(args)
-    finetune: dict[str, object] = {}
-    if args.optimizer:
-        finetune["optimizer"] = args.optimizer
-    if args.learning_rate is not None:
-        finetune["learning_rate"] = args.learning_rate
     report = run_compare(
         _spec(args),
-        _config(args, "gmf"),
+        _overrides(args),
         [m.strip() for m in args.models.split(",") if m.strip()],
         args.out,
         rerun=args.rerun,
         progress=not args.no_progress,
         command=["torchcf", *sys.argv[1:]],
-        finetune=finetune,
         alpha=args.alpha,
     )
     return 1 if report["failed"] else 0

@@ -13,16 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchcf.config import TrainConfig
+from torchcf.config import TrainConfig, recipe
 from torchcf.errors import ConfigError, TorchcfError
-from torchcf.experiment import (
-    FINETUNE_DEFAULTS,
-    DataSpec,
-    Pretrained,
-    ensure_run,
-    pretrain_config,
-    versions,
-)
+from torchcf.experiment import DataSpec, Pretrained, ensure_run, pretrain_config, versions
 from torchcf.io import atomic_open, atomic_path, write_json
 from torchcf.models import MODELS
 
@@ -31,15 +24,16 @@ __all__ = ["COMPARABLE", "run_compare"]
 COMPARABLE = (*MODELS, "neumf-pre")
 
 
-def _model_config(key: str, config: TrainConfig, finetune: dict[str, Any]) -> TrainConfig:
+def model_config(key: str, overrides: dict[str, Any]) -> TrainConfig:
+    """A compared model's settings: its recipe under the user's explicit settings."""
     if key == "neumf-pre":
-        return config.replace(model="neumf", **finetune)
-    return config.replace(model=key)
+        return recipe("neumf", overrides, finetune=True)
+    return recipe(key, overrides)
 
 
 def run_compare(
     spec: DataSpec,
-    config: TrainConfig,
+    overrides: dict[str, Any],
     models: Sequence[str],
     out: str | Path,
     *,
@@ -47,39 +41,43 @@ def run_compare(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     command: list[str] | None = None,
-    finetune: dict[str, Any] | None = None,
     alpha: float = 0.5,
 ) -> dict[str, Any]:
-    """Train (or reuse) each model; write ``results.json``, ``report.md`` and ``curves.png``."""
+    """Train (or reuse) each model; write ``results.json``, ``report.md`` and ``curves.png``.
+
+    Every model gets the same split and seed, its own recipe (``config.recipe``) and on top of
+    that the ``overrides`` (TrainConfig fields the user set explicitly).
+    """
     unknown = [m for m in models if m not in COMPARABLE]
     if unknown or not models:
         raise ConfigError(
             f"unknown model(s) {', '.join(unknown) or '(none)'} (known: {', '.join(COMPARABLE)})"
         )
+    k = recipe("gmf", overrides).k  # also checks the overrides before anything is trained
     out = Path(out)
     runs = out / "runs"
-    finetune = {**FINETUNE_DEFAULTS, **(finetune or {})}
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     histories: dict[str, list[dict[str, Any]]] = {}
+    configs: dict[str, TrainConfig] = {}
     for key in models:
         echo(f"== {key}")
-        model_config = _model_config(key, config, finetune)
         options: dict[str, Any] = {"progress": progress, "echo": echo, "rerun": rerun}
         try:
+            config = configs[key] = model_config(key, overrides)
             if key == "neumf-pre":
-                # the compare's own gmf/mlp runs serve when their settings are the pretraining's
+                # the compare's own gmf/mlp runs serve: they are the pretraining recipes
                 parts = {}
                 for part in ("gmf", "mlp"):
-                    part_config = pretrain_config(model_config, part)
+                    part_config = pretrain_config(part, overrides)
                     part_dir = runs / part
-                    if part_config != config.replace(model=part):
+                    if part_config != model_config(part, overrides):
                         part_dir = runs / key / "pretrain" / part
                     ensure_run(spec, part_config, part_dir, **options)
                     parts[part] = str(part_dir)
                 options["pretrained"] = Pretrained(parts["gmf"], parts["mlp"], alpha)
-            summary = ensure_run(spec, model_config, runs / key, **options)
+            summary = ensure_run(spec, config, runs / key, **options)
             results[key] = _row(key, summary, runs / key)
             histories[key] = _history(runs / key)
         except KeyboardInterrupt:
@@ -95,8 +93,10 @@ def run_compare(
         "models": results,
         "failed": failed,
         "protocol": next(iter(results.values()))["protocol"] if results else None,
-        "settings": config.to_dict(),
-        "finetune": finetune | {"alpha": alpha},
+        "overrides": overrides,
+        "settings": {key: config.to_dict() for key, config in configs.items()},
+        "alpha": alpha,
+        "k": k,
         "data": {k: v for k, v in spec.__dict__.items() if v is not None},
         "command": command if command is not None else sys.argv,
         "versions": versions(),
@@ -107,7 +107,7 @@ def run_compare(
     with atomic_open(out / "report.md") as handle:
         handle.write(render_report(report))
     if histories:
-        write_curves(out / "curves.png", histories, config.k)
+        write_curves(out / "curves.png", histories, k)
     echo(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'curves.png'}")
     return report
 
@@ -144,7 +144,7 @@ def _row(key: str, summary: dict[str, Any], run: Path) -> dict[str, Any]:
 def render_report(report: dict[str, Any]) -> str:
     """The Markdown report: one table row per model, then protocol, command and versions."""
     rows = report["models"]
-    k = next(iter(rows.values()))["k"] if rows else report["settings"]["k"]
+    k = report["k"]
     lines = ["# torchcf compare", ""]
     lines += [
         f"| model | selected by | epoch | test HR@{k} | test NDCG@{k} | best test epoch | "
@@ -171,14 +171,24 @@ def render_report(report: dict[str, Any]) -> str:
     lines += ["", "## Protocol", ""]
     lines += [f"- {name}: {value}" for name, value in protocol.items() if name != "notes"]
     lines += [f"- note: {note}" for note in protocol.get("notes", [])]
-    settings = ", ".join(f"{k_}={v}" for k_, v in report["settings"].items() if k_ != "model")
-    finetune = ", ".join(f"{k_}={v}" for k_, v in report["finetune"].items())
+    varying = ("epochs", "batch_size", "optimizer", "learning_rate", "dropout", "weight_decay")
+    first: dict[str, Any] = next(iter(report["settings"].values()), {})
+    shared = {
+        name: value
+        for name, value in first.items()
+        if name != "model" and all(s.get(name) == value for s in report["settings"].values())
+    }
+    lines += ["", "## Settings", ""]
+    lines += ["- every model: " + ", ".join(f"{n}={v}" for n, v in shared.items())]
+    for key, settings in report["settings"].items():
+        own = [f"{n}={settings[n]}" for n in varying if n not in shared]
+        lines.append(f"- {key}: " + (", ".join(own) if own else "as above"))
+    if "neumf-pre" in report["settings"]:
+        lines.append(
+            f"- neumf-pre starts from the gmf and mlp runs (head mix alpha={report['alpha']}); "
+            "its epoch 0 is the pretrained mix before fine-tuning"
+        )
     lines += [
-        "",
-        "## Settings",
-        "",
-        f"- shared: {settings}",
-        f"- neumf-pre fine-tuning: {finetune}; GMF and MLP pretrained with Adam lr 0.001",
         "",
         "## Command",
         "",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import torchcf
-from torchcf.config import TrainConfig
+from torchcf.config import TrainConfig, recipe
 from torchcf.data.datasets import DATASETS, fetch_dataset
 from torchcf.data.interactions import IdMap, Interactions
 from torchcf.data.loaders import find_ncf_files, load_ncf_files, load_path
@@ -41,8 +41,6 @@ __all__ = [
     "run_training",
 ]
 
-# NeuMF fine-tuning after pretraining (chosen on the validation holdout: benchmarks/RESULTS.md)
-FINETUNE_DEFAULTS: dict[str, Any] = {"optimizer": "sgd", "learning_rate": 0.05}
 
 PRETRAIN_DIR = "pretrain"  # inside a NeuMF run directory: the GMF and MLP runs it starts from
 
@@ -113,26 +111,11 @@ def init_from_runs(model: torch.nn.Module, pretrained: Pretrained, split: Split)
     model.init_from_pretrained(gmf, mlp, pretrained.alpha)
 
 
-def pretrain_config(config: TrainConfig, model: str) -> TrainConfig:
-    """The settings of a GMF/MLP pretraining run for ``config``: its shape and protocol, with
-    the default optimizer (Adam, lr 0.001) whatever the fine-tuning uses."""
-    shared = (
-        "embedding_dim",
-        "layers",
-        "dropout",
-        "epochs",
-        "batch_size",
-        "num_negatives",
-        "eval_negatives",
-        "k",
-        "validation",
-        "select_by",
-        "patience",
-        "seed",
-        "device",
-        "init_std",
-    )
-    return TrainConfig(model=model, **{name: getattr(config, name) for name in shared})
+def pretrain_config(part: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The settings of the GMF or MLP run a NeuMF starts from: the part's own recipe with the
+    user's explicit settings, except the optimizer and learning rate (those are fine-tuning's)."""
+    kept = {k: v for k, v in (overrides or {}).items() if k not in ("optimizer", "learning_rate")}
+    return recipe(part, kept)
 
 
 def finished_run(

@@ -355,7 +355,11 @@ class NeuMF(_TowerModel):
         self.gmf_item_embedding.weight.copy_(gmf.item_embedding.weight)
         self.mlp_user_embedding.weight.copy_(mlp.user_embedding.weight)
         self.mlp_item_embedding.weight.copy_(mlp.item_embedding.weight)
-        self.tower.load_state_dict(mlp.tower.state_dict())
+        mine, theirs = (
+            [m for m in tower if isinstance(m, nn.Linear)] for tower in (self.tower, mlp.tower)
+        )
+        for target, source in zip(mine, theirs, strict=True):  # dropout may differ: layers only
+            target.load_state_dict(source.state_dict())
         self.head.weight.copy_(
             torch.cat([alpha * gmf.head.weight, (1 - alpha) * mlp.head.weight], dim=1)
         )
