@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from torchcf.config import TrainConfig
 from torchcf.data.loaders import find_ncf_files, load_ncf_files
-from torchcf.models import build_model
+from torchcf.registry import build_model
 from torchcf.split import ncf_split
 from torchcf.training import Trainer
 

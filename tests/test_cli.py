@@ -124,7 +124,7 @@ def test_resume_continues_a_run(tiny, tmp_path):
 
     from torchcf.config import TrainConfig
     from torchcf.experiment import DataSpec, load_split
-    from torchcf.models import build_model
+    from torchcf.registry import build_model
     from torchcf.training import Trainer
 
     config = TrainConfig(epochs=2, embedding_dim=4, batch_size=64, eval_negatives=5)

@@ -47,7 +47,8 @@ def test_compare_writes_report_curves_and_results(spec, tmp_path):
         assert float(cells[3]) == pytest.approx(row["hr@10"], abs=5e-5)
         assert float(cells[4]) == pytest.approx(row["ndcg@10"], abs=5e-5)
         assert float(cells[6]) == pytest.approx(row["best_test_hr@10"], abs=5e-5)
-        assert int(cells[10].replace(",", "")) == row["parameters"]
+        assert float(cells[8]) == pytest.approx(row["full_hr@10"], abs=5e-5)
+        assert int(cells[13].replace(",", "")) == row["parameters"]
     assert "## Protocol" in table and "torchcf compare" in table and "torch:" in table
     # each model's recipe under the explicit settings (CONFIG)
     settings = results["settings"]

@@ -9,8 +9,9 @@ import torch
 from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.evaluation import hit_rate, holdout_ranks, positive_ranks
-from torchcf.models import GMF, MF, MODELS, ScoringModel, build_model, model_kwargs
+from torchcf.models import GMF, MF, ScoringModel
 from torchcf.persistence import load_model, save_model
+from torchcf.registry import MODELS, build_model, model_kwargs
 from torchcf.split import leave_one_out
 from torchcf.training import Trainer
 

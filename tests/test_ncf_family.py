@@ -9,7 +9,8 @@ from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError
 from torchcf.experiment import DataSpec, Pretrained, pretrain_config, run_training
-from torchcf.models import GMF, MLP, Dropout, NeuMF, build_model
+from torchcf.models import GMF, MLP, Dropout, NeuMF
+from torchcf.registry import build_model
 
 
 def test_mlp_tower_halves_down_to_the_factors():

@@ -7,7 +7,7 @@ import torch
 
 from torchcf.config import TrainConfig
 from torchcf.losses import bce_with_logits
-from torchcf.models import build_model
+from torchcf.registry import build_model
 from torchcf.steps import AutogradStep, DotProductAdamStep, FlatAdamStep, make_step
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import planted
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError, TorchcfError
-from torchcf.models import build_model
+from torchcf.registry import build_model
 from torchcf.split import leave_one_out
 from torchcf.training import Trainer
 

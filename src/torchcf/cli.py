@@ -135,6 +135,17 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "analytic", "autograd"],
         help="training step: auto = analytic gradients for mf/gmf (exact, faster)",
     )
+    b = parser.add_argument_group("baselines (pop, itemknn, ease, ials)")
+    b.add_argument("--l2", type=float, help="EASE λ (default 500) or iALS λ (default 0.002)")
+    b.add_argument(
+        "--unobserved-weight",
+        type=float,
+        help=f"iALS weight α₀ of every unobserved pair (default {d.unobserved_weight})",
+    )
+    b.add_argument(
+        "--neighbours", type=int, help=f"item-kNN neighbours per item (default {d.neighbours})"
+    )
+    b.add_argument("--shrink", type=float, help="item-kNN similarity shrinkage (default 0)")
     g.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     g.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda[:N]")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
@@ -173,7 +184,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from torchcf import __version__
-    from torchcf.models import MODELS
+    from torchcf.registry import MODELS
 
     parser = _Parser(prog="torchcf", description="Collaborative filtering from implicit feedback.")
     parser.add_argument("--version", action="version", version=f"torchcf {__version__}")
@@ -226,6 +237,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--out", required=True, help="report directory (runs go in OUT/runs)")
     compare.add_argument("--rerun", action="store_true", help="retrain even finished runs")
+
+    tune = sub.add_parser(
+        "tune",
+        help="hyperparameter search (Optuna) scored on the validation holdout",
+        description="Search a model's hyperparameters with Optuna, scoring each trial on the "
+        "validation holdout only; resumable (OUT/study.db); writes OUT/trials.csv and "
+        "OUT/best_config.json. Flags given explicitly are held fixed.",
+    )
+    tune.add_argument("--model", required=True, choices=sorted(MODELS))
+    _add_data_flags(tune)
+    _add_train_flags(tune)
+    tune.add_argument("--trials", type=int, default=20, help="finished trials wanted (default 20)")
+    tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tune.add_argument("--metric", default="ndcg", choices=["ndcg", "hr"], help="default ndcg")
+    tune.add_argument("--out", required=True, help="study directory")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate a saved run: sampled and/or full-ranking metrics",
+        description="Rebuild a run's split from its recorded data and seed and evaluate its "
+        "model: sampled candidates (the NCF protocol) and/or full ranking over all unseen items.",
+    )
+    ev.add_argument("run", metavar="RUN_DIR", help="a run directory written by train")
+    ev.add_argument("--protocol", default="both", choices=["sampled", "full", "both"])
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
 
     rec = sub.add_parser(
         "recommend",
@@ -423,6 +459,67 @@ def _print_rows(header: dict[str, object], rows: list[dict[str, object]], as_jso
         print(line + (f"  {row['title'] or ''}" if titled else ""))
 
 
+_FLAGS = {"learning_rate": "--lr", "embedding_dim": "--factors", "num_negatives": "--negatives"}
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from torchcf.tune import run_tune
+
+    _setup_torch(args)
+    summary = run_tune(
+        _spec(args),
+        args.model,
+        _overrides(args),
+        args.trials,
+        args.out,
+        metric=args.metric,
+        timeout=args.timeout,
+        command=["torchcf", *sys.argv[1:]],
+    )
+    best = summary.get("best")
+    if best is None:
+        print("no trial finished")
+        return 1
+    flags = " ".join(
+        f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {value:.4g}"
+        if isinstance(value, float)
+        else f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {value}"
+        for name, value in best["params"].items()
+    )
+    print(
+        f"best trial {best['trial']}: validation {args.metric.upper()} {best['value']:.4f} "
+        f"(epoch {best['epoch']}); wrote {Path(args.out) / 'best_config.json'}"
+    )
+    print(f"train it: torchcf train --model {args.model} {flags} (plus your data flags)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from torchcf.experiment import evaluate_run
+
+    result = evaluate_run(args.run, args.protocol)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']} in {result['run']}")
+    for name, metrics in result.get("sampled", {}).items():
+        values = "  ".join(
+            f"{key.upper()} {value:.4f}" for key, value in metrics.items() if "@" in key
+        )
+        print(f"sampled ({name}, held-out item among its candidates): {values}")
+    if "full" in result:
+        full = result["full"]
+        print(f"full ranking ({full['holdout']}, held-out item among all unseen items):")
+        ks = full["protocol"]["ks"]
+        names = ("hr", "recall", "ndcg", "mrr", "precision", "coverage")
+        print("   k  " + "  ".join(f"{n:>9}" for n in names))
+        for k in ks:
+            print(f"{k:>4}  " + "  ".join(f"{full[f'{n}@{k}']:>9.4f}" for n in names))
+    return 0
+
+
 def _recommend(args: argparse.Namespace) -> int:
     from torchcf.recommend import Recommender
 
@@ -479,10 +576,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "compare":
             return _compare(args)
-        if args.command in ("recommend", "similar", "serve"):
-            return {"recommend": _recommend, "similar": _similar, "serve": _serve}[args.command](
-                args
-            )
+        commands = {
+            "tune": _tune,
+            "evaluate": _evaluate,
+            "recommend": _recommend,
+            "similar": _similar,
+            "serve": _serve,
+        }
+        if args.command in commands:
+            return commands[args.command](args)
         parser.error(f"unknown command {args.command}")
     except TorchcfError as exc:
         print(f"torchcf: error: {exc}", file=sys.stderr)

@@ -11,12 +11,23 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from torchcf.models import ScoringModel
 from torchcf.split import Holdout
 
-__all__ = ["EvalResult", "evaluate_sampled", "hit_rate", "ndcg", "positive_ranks"]
+__all__ = [
+    "EvalResult",
+    "evaluate_full",
+    "evaluate_sampled",
+    "full_ranks",
+    "hit_rate",
+    "ndcg",
+    "positive_ranks",
+    "ranking_metrics",
+]
 
 
 def positive_ranks(scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,3 +130,95 @@ def _candidate_summary(holdout: Holdout) -> dict[str, int]:
     if not len(counts):
         return {"min": 0, "max": 0}
     return {"min": int(counts.min()), "max": int(counts.max())}
+
+
+def ranking_metrics(ranks: torch.Tensor, ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, float]:
+    """HR, Recall, NDCG, MRR and precision at each k from 0-based ranks of one relevant item.
+
+    With one held-out item per user, Recall@k = HR@k and precision@k = HR@k / k; MRR@k is
+    ``1 / (rank + 1)`` when ``rank < k``, else 0. Averaged over every user.
+    """
+    out: dict[str, float] = {}
+    r = ranks.double()
+    for k in ks:
+        hit = (r < k).double()
+        out[f"hr@{k}"] = hit_rate(ranks, k)
+        out[f"recall@{k}"] = out[f"hr@{k}"]
+        out[f"ndcg@{k}"] = ndcg(ranks, k)
+        out[f"mrr@{k}"] = float((hit / (r + 1.0)).mean()) if len(r) else float("nan")
+        out[f"precision@{k}"] = out[f"hr@{k}"] / k
+    return out
+
+
+def _seen_mask(exclude: sp.csr_matrix, users: np.ndarray, num_items: int) -> torch.Tensor:
+    """``(len(users), num_items)`` bool: the items each user must not be ranked against."""
+    rows = exclude[users]
+    mask = torch.zeros(len(users), num_items, dtype=torch.bool)
+    row_of = torch.from_numpy(np.repeat(np.arange(len(users)), np.diff(rows.indptr)))
+    mask[row_of, torch.from_numpy(rows.indices.astype(np.int64))] = True
+    return mask
+
+
+@torch.no_grad()
+def full_ranks(
+    model: ScoringModel,
+    holdout: Holdout,
+    exclude: sp.csr_matrix,
+    device: torch.device | str = "cpu",
+    top_k: int = 0,
+    batch_users: int | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Rank of each held-out item among **all** items the user has not interacted with.
+
+    ``exclude`` (users × items CSR, e.g. training + validation) is masked out; the held-out item
+    itself never is. Ties count against it, NaN ranks last. Users are scored in chunks of about
+    2^24 floats, so memory is bounded on large catalogues. Returns the ranks ``(n,)`` and, when
+    ``top_k``, every user's top-``top_k`` items ``(n, top_k)`` (for coverage; else ``(n, 0)``).
+    """
+    was_training = model.training
+    model.eval()
+    num_items = model.num_items
+    if batch_users is None:
+        batch_users = max(1, 2**24 // (num_items * max(1, getattr(model, "pair_width", 1))))
+    ranks, shown = [], []
+    for s in range(0, len(holdout), batch_users):
+        users = holdout.users[s : s + batch_users]
+        positives = torch.as_tensor(holdout.items[s : s + batch_users], device=device)
+        scores = model.score_all(torch.as_tensor(users, device=device)).float()
+        scores = torch.nan_to_num(scores, nan=-math.inf)
+        mask = _seen_mask(exclude, users, num_items).to(device)
+        rows = torch.arange(len(users), device=device)
+        mask[rows, positives] = False
+        target = scores[rows, positives]
+        scores = scores.masked_fill(mask, -math.inf)
+        beats = (scores >= target[:, None]) & ~mask
+        ranks.append(beats.sum(dim=1) - 1)  # minus the positive itself
+        shown.append(torch.topk(scores, min(top_k, num_items), dim=1).indices.cpu())
+    model.train(was_training)
+    out = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long, device=device)
+    lists = torch.cat(shown).numpy() if shown else np.zeros((0, top_k), dtype=np.int64)
+    return out, lists
+
+
+def evaluate_full(
+    model: ScoringModel,
+    holdout: Holdout,
+    exclude: sp.csr_matrix,
+    ks: tuple[int, ...] = (5, 10, 20),
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Full-ranking metrics at each k, catalogue coverage of the top-k lists, protocol."""
+    ranks, lists = full_ranks(model, holdout, exclude, device, top_k=max(ks))
+    coverage = {f"coverage@{k}": len(np.unique(lists[:, :k])) / model.num_items for k in ks}
+    return {
+        "holdout": holdout.name,
+        **ranking_metrics(ranks, ks),
+        **coverage,
+        "users": len(holdout),
+        "protocol": {
+            "kind": "full ranking",
+            "candidates": "every item the user has not interacted with in training "
+            "(or validation); ties count against the held-out item",
+            "ks": list(ks),
+        },
+    }

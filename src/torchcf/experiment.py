@@ -24,9 +24,11 @@ from torchcf.data.datasets import DATASETS, fetch_dataset
 from torchcf.data.interactions import IdMap, Interactions
 from torchcf.data.loaders import find_ncf_files, load_ncf_files, load_path
 from torchcf.errors import ConfigError, DataError
+from torchcf.evaluation import evaluate_full, evaluate_sampled
 from torchcf.io import write_json
-from torchcf.models import GMF, MLP, NeuMF, ScoringModel, build_model, model_kwargs
+from torchcf.models import GMF, MLP, NeuMF, ScoringModel
 from torchcf.persistence import load_model, save_model
+from torchcf.registry import build_model, model_kwargs
 from torchcf.report import write_learning_curve, write_metrics_csv
 from torchcf.split import Split, leave_one_out, ncf_split
 from torchcf.training import EpochRecord, FitResult, Trainer, checkpoint_callback, resolve_device
@@ -35,6 +37,7 @@ __all__ = [
     "DataSpec",
     "Pretrained",
     "ensure_run",
+    "evaluate_run",
     "filter_users",
     "load_split",
     "pretrain_config",
@@ -416,11 +419,16 @@ def run_training(
     finally:
         if bar is not None:
             bar.close()
+    model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
+    full = evaluate_full(
+        model, split.test, split.known_items(), ks=full_ks(config.k), device=trainer.device
+    )
     summary = {
         "model": config.model,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "source": source,
         **summarise(fit, config, split),
+        "full_ranking": full,
         "wall_seconds": time.perf_counter() - started,
         "versions": versions(),
     }
@@ -452,5 +460,51 @@ def run_training(
         f"best test epoch {best['epoch']} (chosen on test, as the seed did): HR@{k} "
         f"{best[f'hr@{k}']:.4f}  NDCG@{k} {best[f'ndcg@{k}']:.4f}"
     )
+    echo(format_full(full, k))
     echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
     return summary
+
+
+def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False) -> dict[str, Any]:
+    """Evaluate a saved run again on the split it was trained on (rebuilt from its recorded
+    data and seed): ``sampled`` (test and validation), ``full`` ranking (test), or ``both``."""
+    if protocol not in ("sampled", "full", "both"):
+        raise ConfigError(f"protocol must be sampled, full or both, got {protocol!r}")
+    run = Path(run)
+    try:
+        recorded = json.loads((run / "config.json").read_text())
+        spec, config = DataSpec(**recorded["data"]), TrainConfig(**recorded["train"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{run} is not a torchcf run directory ({type(exc).__name__})") from None
+    loaded = load_model(run)
+    split, _ = load_split(spec, config, progress=progress)
+    same = split.train.user_map is None or (
+        loaded.user_map == split.train.user_map and loaded.item_map == split.train.item_map
+    )
+    if not same or loaded.seen.nnz != len(split.train.deduplicate()):
+        raise DataError(f"the data of {run} changed since training: its split differs")
+    out: dict[str, Any] = {"run": str(run), "model": loaded.model.name}
+    if protocol in ("sampled", "both"):
+        holdouts = [h for h in (split.test, split.validation) if h is not None]
+        out["sampled"] = {
+            h.name: evaluate_sampled(loaded.model, h, config.k, protocol=split.protocol).as_dict()
+            for h in holdouts
+        }
+    if protocol in ("full", "both"):
+        out["full"] = evaluate_full(
+            loaded.model, split.test, split.known_items(), ks=full_ks(config.k)
+        )
+    return out
+
+
+def full_ks(k: int) -> tuple[int, ...]:
+    """The cut-offs of full-ranking reports: 5, 10, 20 and the run's own ``k``."""
+    return tuple(sorted({5, 10, 20, k}))
+
+
+def format_full(full: dict[str, Any], k: int) -> str:
+    return (
+        f"full ranking ({full['holdout']} item among all the user's unseen items): "
+        f"HR@{k} {full[f'hr@{k}']:.4f}  NDCG@{k} {full[f'ndcg@{k}']:.4f}  "
+        f"MRR@{k} {full[f'mrr@{k}']:.4f}  coverage@{k} {full[f'coverage@{k}']:.3f}"
+    )

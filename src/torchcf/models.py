@@ -7,7 +7,6 @@ Contract (tested for every model): ``forward(users, items)`` broadcasts ``(B,)``
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,7 +15,7 @@ from torch import nn
 
 from torchcf.errors import ConfigError
 
-__all__ = ["GMF", "MF", "MLP", "MODELS", "NeuMF", "ScoringModel", "build_model", "model_kwargs"]
+__all__ = ["GMF", "MF", "MLP", "NEURAL_MODELS", "NeuMF", "ScoringModel"]
 
 
 class ScoringModel(nn.Module):
@@ -367,30 +366,4 @@ class NeuMF(_TowerModel):
         return self
 
 
-MODELS: dict[str, type[ScoringModel]] = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}
-
-
-def build_model(
-    name: str,
-    num_users: int,
-    num_items: int,
-    seed: int | None = None,
-    **hparams: Any,
-) -> ScoringModel:
-    """Instantiate a registered model; ``seed`` makes its initialisation reproducible."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator().manual_seed(seed)
-    cls: Any = MODELS[name]  # every registered model takes a generator
-    return cls(num_users, num_items, generator=generator, **hparams)
-
-
-def model_kwargs(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``options`` (e.g. a training config) that model ``name`` takes."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
-    accepted = inspect.signature(MODELS[name].__init__).parameters
-    skip = {"self", "num_users", "num_items", "generator"}
-    return {k: v for k, v in options.items() if k in accepted and k not in skip}
+NEURAL_MODELS: dict[str, type[ScoringModel]] = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}

@@ -26,7 +26,8 @@ import torchcf
 from torchcf.data.interactions import IdMap, Interactions
 from torchcf.errors import DataError
 from torchcf.io import atomic_directory
-from torchcf.models import MODELS, ScoringModel
+from torchcf.models import ScoringModel
+from torchcf.registry import MODELS
 
 __all__ = ["LoadedModel", "load_model", "save_model"]
 

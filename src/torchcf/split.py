@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from torchcf.data.interactions import Interactions
 from torchcf.data.loaders import NcfData
@@ -68,6 +69,18 @@ class Split:
     @property
     def num_users(self) -> int:
         return self.train.num_users
+
+    def known_items(self) -> sp.csr_matrix:
+        """Users × items: training plus validation items, what full ranking of the test
+        holdout must not rank the held-out item against."""
+        users, items = [self.train.users], [self.train.items]
+        if self.validation is not None:
+            users.append(self.validation.users)
+            items.append(self.validation.items)
+        u, i = np.concatenate(users), np.concatenate(items)
+        return sp.csr_matrix(
+            (np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.num_users, self.num_items)
+        )
 
     @property
     def num_items(self) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchcf.baselines import FittedModel
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.evaluation import hit_rate, holdout_ranks, ndcg
@@ -115,7 +116,9 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(config.device)
         self.model.to(self.device)
-        self.step = make_step(self.model, config)
+        # baselines fit themselves (closed form, alternating solves): no optimizer step
+        self.fitted = isinstance(model, FittedModel)
+        self.step = None if self.fitted else make_step(self.model, config)
         train = split.train
         self._pos_users = torch.tensor(train.users, device=self.device)
         self._pos_items = torch.tensor(train.items, device=self.device)
@@ -151,7 +154,12 @@ class Trainer:
 
     # -- one epoch ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the epoch's samples; returns the mean training loss."""
+        """One pass over the epoch's samples; returns the mean training loss (NaN for a fitted
+        baseline, which ``fit_epoch`` fits instead)."""
+        if self.step is None:
+            assert isinstance(self.model, FittedModel)
+            with torch.no_grad():
+                return self.model.fit_epoch(self.split.train, epoch)
         users, items, labels = self.epoch_samples(epoch)
         self.model.train()
         size = self.config.batch_size
@@ -215,7 +223,10 @@ class Trainer:
         if self.evaluate_initial and not self.history:
             self._accept(self._record(0, math.nan, 0.0), selection)
         first = self.history[-1].epoch + 1 if self.history else 1
-        for epoch in range(first, self.config.epochs + 1):
+        last = self.config.epochs
+        if isinstance(self.model, FittedModel) and self.model.max_epochs is not None:
+            last = min(last, self.model.max_epochs)  # closed form: refitting changes nothing
+        for epoch in range(first, last + 1):
             t0 = time.perf_counter()
             loss = self.train_epoch(epoch)
             record = self._record(epoch, loss, time.perf_counter() - t0)
@@ -230,7 +241,7 @@ class Trainer:
             selected=self.best,
             selected_by=selection,
             best_test=best_test,
-            stopped_early=self.stop and self.history[-1].epoch < self.config.epochs,
+            stopped_early=self.stop and self.history[-1].epoch < last,
             state=self.best_state,
         )
 
@@ -254,7 +265,7 @@ class Trainer:
         state = {
             "config": self.config.to_dict(),
             "model": _clone_state(self.model),
-            "step": self.step.state_dict(),
+            "step": self.step.state_dict() if self.step is not None else {},
             "history": [dataclasses.asdict(r) for r in self.history],
             "best_epoch": None if self.best is None else self.best.epoch,
             "best_state": self.best_state,
@@ -282,7 +293,8 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in self.model.state_dict().items():
                 tensor.copy_(state["model"][name])
-        self.step.load_state_dict(state["step"])
+        if self.step is not None:
+            self.step.load_state_dict(state["step"])
         self.history = [EpochRecord(**r) for r in state["history"]]
         self.best_state = state["best_state"]
         self.best = next((r for r in self.history if r.epoch == state["best_epoch"]), None)

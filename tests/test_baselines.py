@@ -1,0 +1,129 @@
+"""Baselines: the scoring contract, closed forms checked against their optimality conditions,
+and each learns the planted structure (popularity does not)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import planted
+from torchcf.baselines import EASE, IALS, ItemKNN, Pop
+from torchcf.config import TrainConfig
+from torchcf.persistence import load_model, save_model
+from torchcf.registry import BASELINES, build_model
+from torchcf.split import leave_one_out
+from torchcf.training import Trainer
+
+
+@pytest.fixture(scope="module")
+def split():
+    return leave_one_out(planted(num_users=120, num_items=60), num_negatives=20, seed=0)
+
+
+def fitted(name: str, split, epochs: int = 4, **hparams):
+    model = build_model(name, split.num_users, split.num_items, seed=0, **hparams)
+    config = TrainConfig(model=name, epochs=epochs, eval_negatives=20)
+    fit = Trainer(model, split, config).fit()
+    return model, fit
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_contract_shapes_agreement_and_round_trip(name, split, tmp_path):
+    model, fit = fitted(name, split, **({"embedding_dim": 8} if name == "ials" else {}))
+    model.load_state_dict(fit.state)  # the selected epoch, as saved
+    users = torch.tensor([0, 5, 7])
+    everything = model.score_all(users)
+    assert everything.shape == (3, split.num_items)
+    items = torch.tensor([[1, 2, 3], [4, 5, 6], [0, 0, 9]])
+    torch.testing.assert_close(model(users[:, None], items), everything.gather(1, items))
+    torch.testing.assert_close(model(users, items[:, 0]), everything[torch.arange(3), items[:, 0]])
+    save_model(tmp_path / "m", model, split.train, state=fit.state)
+    again = load_model(tmp_path / "m").model
+    torch.testing.assert_close(again.score_all(users), model.score_all(users))
+    expected_epochs = 4 if name == "ials" else 1  # closed forms fit once
+    assert len(fit.history) == expected_epochs
+
+
+@pytest.mark.parametrize("name", ["itemknn", "ease", "ials"])
+def test_learns_the_planted_blocks_and_beats_popularity(name, split):
+    _, fit = fitted(name, split, **({"embedding_dim": 8} if name == "ials" else {}))
+    _, pop = fitted("pop", split)
+    assert fit.best_test.test_hr >= pop.best_test.test_hr + 0.25, (fit.best_test, pop.best_test)
+
+
+def test_pop_counts_distinct_users_per_item(split):
+    model, _ = fitted("pop", split)
+    expected = np.bincount(split.train.deduplicate().items, minlength=split.num_items)
+    assert model.counts.tolist() == expected.tolist()
+    assert torch.equal(model.score_all(torch.tensor([0]))[0], model.score_all(torch.tensor([9]))[0])
+
+
+def test_ease_satisfies_its_optimality_conditions(split):
+    model, _ = fitted("ease", split, l2=7.0)
+    x = torch.as_tensor(split.train.deduplicate().csr.toarray(), dtype=torch.float64)
+    b = model.weights.double()
+    assert torch.all(b.diagonal() == 0)
+    # d/dB of ||X − XB||² + λ||B||² vanishes off the diagonal (the constraint holds on it)
+    gradient = (x.T @ x + 7.0 * torch.eye(len(b), dtype=torch.float64)) @ b - x.T @ x
+    off = gradient - torch.diag(gradient.diagonal())
+    assert off.abs().max() < 1e-3 * (x.T @ x).abs().max()
+    scores = model.score_all(torch.tensor([3]))[0].double()
+    torch.testing.assert_close(scores, x[3] @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_itemknn_is_pruned_cosine(split):
+    full, _ = fitted("itemknn", split, neighbours=59)
+    x = split.train.deduplicate().csr.toarray().astype(np.float64)
+    norms = np.linalg.norm(x, axis=0)
+    cosine = (x.T @ x) / np.outer(norms, norms)
+    np.fill_diagonal(cosine, 0.0)
+    np.testing.assert_allclose(full.weights.numpy(), cosine, atol=1e-5)
+    pruned, _ = fitted("itemknn", split, neighbours=5)
+    assert ((pruned.weights > 0).sum(0) <= 5).all()  # at most 5 sources per target item
+    column = cosine[:, 7]
+    kept = set(np.flatnonzero(pruned.weights[:, 7].numpy()))
+    assert kept <= set(np.argsort(-column)[:6])
+
+
+def ials_objective(model: IALS, x: torch.Tensor) -> torch.Tensor:
+    w, h = model.user_embedding.weight.double(), model.item_embedding.weight.double()
+    a = model.unobserved_weight
+    pred = w @ h.T
+    observed = ((1 - pred) ** 2 * x).sum()
+    unobserved = a * (pred**2).sum()
+    reg_u = model.l2 * ((x.sum(1) + a * x.shape[1]) * (w**2).sum(1)).sum()
+    reg_i = model.l2 * ((x.sum(0) + a * x.shape[0]) * (h**2).sum(1)).sum()
+    return observed + unobserved + reg_u + reg_i
+
+
+def test_ials_solves_are_exact_and_the_objective_falls(split):
+    model = IALS(split.num_users, split.num_items, embedding_dim=6, l2=0.01, unobserved_weight=0.2)
+    x = torch.as_tensor(split.train.deduplicate().csr.toarray(), dtype=torch.float64)
+    values = [float(ials_objective(model, x))]
+    for epoch in range(1, 4):
+        model.fit_epoch(split.train, epoch)
+        values.append(float(ials_objective(model, x)))
+    assert all(b < a for a, b in zip(values, values[1:], strict=False))
+    # after the item solve, the objective's gradient in the item factors is zero
+    h = model.item_embedding.weight.detach().double().requires_grad_(True)
+    w = model.user_embedding.weight.detach().double()
+    probe = IALS(split.num_users, split.num_items, embedding_dim=6, l2=0.01, unobserved_weight=0.2)
+    a = probe.unobserved_weight
+    pred = w @ h.T
+    loss = ((1 - pred) ** 2 * x).sum() + a * (pred**2).sum()
+    loss = loss + 0.01 * ((x.sum(0) + a * x.shape[0]) * (h**2).sum(1)).sum()
+    loss.backward()
+    assert h.grad.abs().max() < 1e-6 * max(1.0, float(loss.detach()))
+
+
+def test_bad_hyperparameters_are_config_errors():
+    from torchcf.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        EASE(3, 4, l2=0.0)
+    with pytest.raises(ConfigError):
+        ItemKNN(3, 4, neighbours=0)
+    with pytest.raises(ConfigError):
+        IALS(3, 4, l2=-1.0)
+    assert Pop(3, 4).score_all(torch.tensor([0, 1])).shape == (2, 4)

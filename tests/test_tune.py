@@ -1,0 +1,59 @@
+"""tune: validation-only scoring, results on disk, resumable, explicit flags held fixed."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import tiny_rows, write_ml1m
+from test_cli import run_cli
+from torchcf.errors import ConfigError
+from torchcf.experiment import DataSpec
+from torchcf.tune import run_tune
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    write_ml1m(tmp_path / "ratings.dat", tiny_rows(num_users=20, num_items=30, per_user=8))
+    return DataSpec(path=str(tmp_path / "ratings.dat"))
+
+
+FIXED = {"embedding_dim": 4, "epochs": 2, "batch_size": 64, "eval_negatives": 10}
+
+
+def test_tune_writes_results_and_resumes(spec, tmp_path):
+    out = tmp_path / "study"
+    logs: list[str] = []
+    first = run_tune(spec, "gmf", FIXED, 2, out, echo=logs.append)
+    assert first["trials"]["complete"] == 2 and (out / "study.db").is_file()
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 2 and set(rows[0]) >= {"learning_rate", "num_negatives", "weight_decay"}
+    assert "validation_ndcg@10" in rows[0] and not any("test" in key for key in rows[0])
+    best = json.loads((out / "best_config.json").read_text())["best"]
+    assert best["value"] == max(float(r["validation_ndcg@10"]) for r in rows)
+    assert best["config"]["embedding_dim"] == 4  # explicit settings are held fixed
+    assert "embedding_dim" not in best["params"]
+    assert best["config"]["select_by"] == "validation"
+    again = run_tune(spec, "gmf", FIXED, 3, out, echo=logs.append)
+    assert again["trials"]["complete"] == 3  # one more trial, the first two reused
+    assert any("resuming" in line for line in logs)
+
+
+def test_tune_refuses_what_it_cannot_do(spec, tmp_path):
+    with pytest.raises(ConfigError, match="no hyperparameters"):
+        run_tune(spec, "pop", FIXED, 2, tmp_path / "a")
+    with pytest.raises(ConfigError, match="validation"):
+        run_tune(spec, "ease", {**FIXED, "validation": False}, 2, tmp_path / "b")
+    with pytest.raises(ConfigError, match="unknown model"):
+        run_tune(spec, "bert4rec", FIXED, 2, tmp_path / "c")
+
+
+def test_tune_command(spec, tmp_path):
+    result = run_cli(
+        "tune", "--data", spec.path, "--model", "ease", "--trials", "2", "--out",
+        str(tmp_path / "s"), "--eval-negatives", "10", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "best trial" in result.stdout and "torchcf train --model ease --l2" in result.stdout
