@@ -127,3 +127,24 @@ def test_bad_hyperparameters_are_config_errors():
     with pytest.raises(ConfigError):
         IALS(3, 4, l2=-1.0)
     assert Pop(3, 4).score_all(torch.tensor([0, 1])).shape == (2, 4)
+
+
+def test_bpr_loss_closed_form_and_training_uses_pairs():
+    from torchcf.losses import bpr, pairwise_bpr
+
+    pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    expected = (-np.log(1 / (1 + np.exp(-2.0))) - np.log(1 / (1 + np.exp(1.0)))) / 2
+    assert float(bpr(pos, neg)) == pytest.approx(expected)
+    assert float(pairwise_bpr(torch.stack([pos, neg], 1), torch.zeros(2))) == pytest.approx(
+        expected
+    )
+    data = planted(num_users=40, num_items=20)
+    split = leave_one_out(data, num_negatives=5, seed=0)
+    from torchcf.config import recipe
+
+    trainer = Trainer(build_model("bpr", 40, 20, seed=0), split, recipe("bpr", {"epochs": 1}))
+    users, items, _ = trainer.epoch_samples(1)
+    assert users.shape == (len(split.train) * 4, 1) and items.shape == (len(users), 2)
+    seen = split.train.csr
+    pairs = np.column_stack([users[:, 0].numpy(), items.numpy()])
+    assert all(seen[u, i] and not seen[u, j] for u, i, j in pairs[:200])  # (positive, negative)

@@ -36,6 +36,7 @@ class TrainConfig:
     layers: int = 3  # MLP/NeuMF tower depth
     dropout: float = 0.0  # MLP/NeuMF tower dropout
     optimizer: str = "adam"  # "adam", "lazy-adam" (sparse rows), "sgd" or "adagrad"
+    loss: str = "bce"  # "bce" (pointwise, the NCF loss) or "bpr" (pairwise: −log σ(s⁺ − s⁻))
     # baselines (torchcf.baselines): EASE/iALS L2, iALS unobserved weight, item-kNN neighbours
     l2: float | None = None  # None: the model's own default (ease 500, ials 0.002)
     unobserved_weight: float = 0.1
@@ -70,6 +71,8 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init_std <= 0:
             raise ConfigError(f"init_std must be positive, got {self.init_std}")
+        if self.loss not in ("bce", "bpr"):
+            raise ConfigError(f"loss must be bce or bpr, got {self.loss!r}")
         if self.l2 is not None and self.l2 < 0:
             raise ConfigError(f"l2 must be non-negative, got {self.l2}")
         if self.unobserved_weight < 0 or self.shrink < 0 or self.neighbours < 1:
@@ -97,6 +100,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"batch_size": 1024, "dropout": 0.2, "epochs": 20},
     "neumf": {"batch_size": 1024, "dropout": 0.2, "epochs": 15},
     "ials": {"embedding_dim": 64, "epochs": 10, "init_std": 0.1},
+    "bpr": {"loss": "bpr"},
 }
 
 # Fine-tuning a pretrained NeuMF (the paper uses plain SGD): Adam at 1e-4 drifts down from the

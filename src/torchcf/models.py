@@ -15,7 +15,7 @@ from torch import nn
 
 from torchcf.errors import ConfigError
 
-__all__ = ["GMF", "MF", "MLP", "NEURAL_MODELS", "NeuMF", "ScoringModel"]
+__all__ = ["BPRMF", "GMF", "MF", "MLP", "NEURAL_MODELS", "NeuMF", "ScoringModel"]
 
 
 class ScoringModel(nn.Module):
@@ -366,4 +366,16 @@ class NeuMF(_TowerModel):
         return self
 
 
-NEURAL_MODELS: dict[str, type[ScoringModel]] = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}
+class BPRMF(MF):
+    """BPR-MF: the MF scorer trained with the pairwise BPR loss (its recipe sets ``loss=bpr``)."""
+
+    name = "bpr"
+
+
+NEURAL_MODELS: dict[str, type[ScoringModel]] = {
+    "mf": MF,
+    "gmf": GMF,
+    "mlp": MLP,
+    "neumf": NeuMF,
+    "bpr": BPRMF,
+}

@@ -16,7 +16,7 @@ import torch
 
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError
-from torchcf.losses import bce_with_logits
+from torchcf.losses import LOSSES
 from torchcf.models import GMF, MF, ScoringModel
 
 __all__ = [
@@ -79,12 +79,13 @@ class AutogradStep:
                 self.optimizers.append(make_optimizer(dense, config.replace(optimizer="adam")))
         else:
             self.optimizers = [make_optimizer(params, config)]
+        self.loss = LOSSES[config.loss]
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         logits = self.model(users, items)
-        loss = bce_with_logits(logits, labels)
+        loss = self.loss(logits, labels)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,12 +196,13 @@ class FlatAdamStep(FlatAdam):
                 self.sparse.append((p, grad))
             else:
                 p.grad = grad
+        self.loss = LOSSES[config.loss]
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         logits = self.model(users, items)
-        loss = bce_with_logits(logits, labels)
+        loss = self.loss(logits, labels)
         self.grad.zero_()
         loss.backward()
         with torch.no_grad():
@@ -266,14 +268,14 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     ``step='autograd'`` forces plain autograd + ``torch.optim``. Other optimizers: autograd.
     """
     adam = config.optimizer == "adam"
-    analytic_ok = isinstance(model, MF) and adam
+    analytic_ok = isinstance(model, MF) and adam and config.loss == "bce"
     if config.step == "analytic" and not analytic_ok:
         raise ConfigError(
-            f"--step analytic supports mf and gmf with adam, "
-            f"not {model.name} with {config.optimizer}"
+            f"--step analytic supports mf and gmf with adam and the bce loss, "
+            f"not {model.name} with {config.optimizer} and {config.loss}"
         )
     if config.step == "autograd" or not adam:
         return AutogradStep(model, config)
-    if isinstance(model, MF):
+    if analytic_ok and isinstance(model, MF):
         return DotProductAdamStep(model, config)
     return FlatAdamStep(model, config)

@@ -24,7 +24,7 @@ from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.evaluation import hit_rate, holdout_ranks, ndcg
 from torchcf.io import atomic_path
-from torchcf.losses import bce_with_logits
+from torchcf.losses import LOSSES
 from torchcf.models import ScoringModel
 from torchcf.sampling import sample_negatives
 from torchcf.split import Split
@@ -140,6 +140,8 @@ class Trainer:
         """Shuffled ``(users, items, labels)`` of one epoch: every positive, fresh negatives."""
         rng = np.random.default_rng([self.config.seed, epoch])
         negatives = sample_negatives(self.split.train, self._neg_users, rng)
+        if self.config.loss == "bpr":
+            return self._pairs(negatives, rng)
         n_pos, n_neg = len(self._pos_users), len(negatives)
         users = torch.cat([self._pos_users, torch.as_tensor(self._neg_users, device=self.device)])
         items = torch.cat([self._pos_items, torch.as_tensor(negatives, device=self.device)])
@@ -151,6 +153,21 @@ class Trainer:
         if self.world_size > 1:
             perm = perm[self.rank :: self.world_size]
         return users[perm], items[perm], labels[perm]
+
+    def _pairs(
+        self, negatives: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """BPR samples: users ``(n, 1)``, items ``(n, 2)`` = (positive, negative) per row, one
+        row per positive and fresh negative; labels are a placeholder for the step protocol."""
+        k = self.config.num_negatives
+        users = torch.as_tensor(self._neg_users, device=self.device)[:, None]
+        positives = self._pos_items.repeat_interleave(k)
+        items = torch.stack([positives, torch.as_tensor(negatives, device=self.device)], dim=1)
+        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+        perm = torch.randperm(len(users), generator=gen).to(self.device)
+        if self.world_size > 1:
+            perm = perm[self.rank :: self.world_size]
+        return users[perm], items[perm], torch.zeros(len(perm), device=self.device)
 
     # -- one epoch ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
@@ -179,7 +196,9 @@ class Trainer:
                 if self.progress is not None:
                     self.progress(epoch, len(batch_users), len(users))
         mean = (
-            float(bce_with_logits(torch.cat(logits).double(), labels.double())) if logits else 0.0
+            float(LOSSES[self.config.loss](torch.cat(logits).double(), labels.double()))
+            if logits
+            else 0.0
         )
         if not math.isfinite(mean):
             raise TorchcfError(
