@@ -148,3 +148,51 @@ def test_bpr_loss_closed_form_and_training_uses_pairs():
     seen = split.train.csr
     pairs = np.column_stack([users[:, 0].numpy(), items.numpy()])
     assert all(seen[u, i] and not seen[u, j] for u, i, j in pairs[:200])  # (positive, negative)
+
+
+@pytest.mark.parametrize("name", ["pop", "itemknn", "ease"])
+def test_fold_in_of_item_models_is_their_own_score(name, split, tmp_path):
+    from torchcf.recommend import Recommender
+
+    model, fit = fitted(name, split)
+    save_model(tmp_path / "m", model, split.train, state=fit.state)
+    rec = Recommender.load(tmp_path / "m")
+    history = split.train.csr[3].indices
+    torch.testing.assert_close(
+        rec.fold_in_scores(history), rec.model.score_all(torch.tensor([3]))[0]
+    )
+
+
+def test_ials_fold_in_solves_the_new_users_row(split, tmp_path):
+    from torchcf.recommend import Recommender
+
+    model, fit = fitted("ials", split, embedding_dim=8)
+    save_model(tmp_path / "m", model, split.train, state=fit.state)
+    rec = Recommender.load(tmp_path / "m")
+    history = split.train.csr[3].indices
+    folded = rec.fold_in_scores(history)
+    trained = rec.model.score_all(torch.tensor([3]))[0]
+    assert torch.corrcoef(torch.stack([folded, trained]))[0, 1] > 0.95
+
+
+def test_mf_with_biases_scores_trains_and_round_trips(split, tmp_path):
+    from torchcf.config import recipe
+    from torchcf.steps import AutogradStep, FlatAdamStep, make_step
+
+    config = recipe("mf", {"biases": True, "embedding_dim": 8, "epochs": 3, "eval_negatives": 20})
+    model = build_model(
+        "mf", split.num_users, split.num_items, seed=0, biases=True, embedding_dim=8
+    )
+    assert isinstance(make_step(model, config), FlatAdamStep | AutogradStep)  # not the analytic one
+    with torch.no_grad():
+        model.user_bias.weight.normal_()
+        model.item_bias.weight.normal_()
+        model.global_bias.fill_(0.3)
+    users = torch.arange(5)
+    every = model(users[:, None], torch.arange(split.num_items)[None, :])
+    torch.testing.assert_close(model.score_all(users), every)
+    Trainer(model, split, config).fit()
+    save_model(tmp_path / "m", model, split.train)
+    again = load_model(tmp_path / "m").model
+    assert again.hparams()["biases"] is True
+    torch.testing.assert_close(again.score_all(users), model.score_all(users))

@@ -34,6 +34,10 @@ class FittedModel(ScoringModel):
         """Fit (or refine, for iterative models) on ``train``; returns the objective or NaN."""
         raise NotImplementedError
 
+    def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
+        """``(num_items,)`` scores for a user not in training who interacted with ``items``."""
+        raise NotImplementedError
+
 
 def _broadcast_gather(
     table: torch.Tensor, users: torch.Tensor, items: torch.Tensor
@@ -65,6 +69,9 @@ class Pop(FittedModel):
 
     def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         return self.counts.expand(len(users), -1).clone()
+
+    def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
+        return self.counts.clone()
 
 
 class _HistoryModel(FittedModel):
@@ -106,6 +113,10 @@ class _HistoryModel(FittedModel):
 
     def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         return self.history(users) @ self.weights
+
+    def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
+        """Item-item models need no fitting: ``x @ W`` for the new user's row ``x``."""
+        return self.weights[items].sum(0)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users, items = torch.broadcast_tensors(users, items)
@@ -236,6 +247,18 @@ class IALS(FittedModel):
 
     def item_vectors(self) -> torch.Tensor | None:
         return self.item_embedding.weight
+
+    @torch.no_grad()
+    def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
+        """The exact iALS solve of one new user's row, item factors fixed."""
+        h = self.item_embedding.weight.double()
+        alpha = self.unobserved_weight
+        reg = self.l2 * (len(items) + alpha * self.num_items)
+        observed = h[items]
+        system = alpha * (h.T @ h) + observed.T @ observed
+        system += reg * torch.eye(h.shape[1], dtype=torch.float64)
+        user = torch.linalg.solve(system, observed.sum(0))
+        return (h @ user).float()
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
         csr = train.deduplicate().csr

@@ -117,6 +117,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, default=d.weight_decay, help="L2 penalty (default 0)"
     )
     g.add_argument(
+        "--biases",
+        action="store_true",
+        default=None,
+        help="mf/bpr: add user, item and global biases",
+    )
+    g.add_argument(
         "--loss",
         choices=["bce", "bpr"],
         help="bce (pointwise, default) or bpr (pairwise −log σ(s⁺ − s⁻); the bpr model's default)",

@@ -36,6 +36,7 @@ class TrainConfig:
     layers: int = 3  # MLP/NeuMF tower depth
     dropout: float = 0.0  # MLP/NeuMF tower dropout
     optimizer: str = "adam"  # "adam", "lazy-adam" (sparse rows), "sgd" or "adagrad"
+    biases: bool = False  # MF/BPR: user, item and global biases
     loss: str = "bce"  # "bce" (pointwise, the NCF loss) or "bpr" (pairwise: −log σ(s⁺ − s⁻))
     # baselines (torchcf.baselines): EASE/iALS L2, iALS unobserved weight, item-kNN neighbours
     l2: float | None = None  # None: the model's own default (ease 500, ials 0.002)

@@ -25,7 +25,7 @@ class ScoringModel(nn.Module):
     # floats materialised per scored (user, item) pair: sizes the chunks of generic scoring
     pair_width: int = 1
     # the embedding modules holding a row per user: what fold-in fits for a new user
-    user_tables: ClassVar[tuple[str, ...]] = ("user_embedding",)
+    user_tables: tuple[str, ...] = ("user_embedding",)
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -67,7 +67,8 @@ def _init_embedding(weight: torch.Tensor, std: float, generator: torch.Generator
 class MF(ScoringModel):
     """Matrix factorisation: ``score(u, i) = Σ_f p_uf q_if`` (the seed's MF, a fixed all-ones head).
 
-    Embeddings of size ``embedding_dim`` drawn from N(0, ``init_std``).
+    Embeddings of size ``embedding_dim`` drawn from N(0, ``init_std``). With ``biases``:
+    ``+ b_u + b_i + g`` (zero-initialised user, item and global biases; Rendle et al. 2020).
     """
 
     name = "mf"
@@ -79,6 +80,7 @@ class MF(ScoringModel):
         embedding_dim: int = 32,
         init_std: float = 0.01,
         generator: torch.Generator | None = None,
+        biases: bool = False,
     ) -> None:
         super().__init__(num_users, num_items)
         if embedding_dim <= 0:
@@ -89,15 +91,31 @@ class MF(ScoringModel):
         self.item_embedding = nn.Embedding(num_items, embedding_dim)
         _init_embedding(self.user_embedding.weight, init_std, generator)
         _init_embedding(self.item_embedding.weight, init_std, generator)
+        self.biases = biases
+        if biases:
+            self.user_bias = nn.Embedding(num_users, 1)
+            self.item_bias = nn.Embedding(num_items, 1)
+            self.global_bias = nn.Parameter(torch.zeros(()))
+            nn.init.zeros_(self.user_bias.weight)
+            nn.init.zeros_(self.item_bias.weight)
+            self.user_tables = ("user_embedding", "user_bias")
 
     def hparams(self) -> dict[str, Any]:
-        return {"embedding_dim": self.embedding_dim, "init_std": self.init_std}
+        out: dict[str, Any] = {"embedding_dim": self.embedding_dim, "init_std": self.init_std}
+        return {**out, "biases": True} if self.biases else out
+
+    def _bias(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.user_bias(users)[..., 0] + self.item_bias(items)[..., 0] + self.global_bias
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return (self.user_embedding(users) * self.item_embedding(items)).sum(-1)
+        dot = (self.user_embedding(users) * self.item_embedding(items)).sum(-1)
+        return dot + self._bias(users, items) if self.biases else dot
 
     def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        return self.user_embedding(users) @ self.item_embedding.weight.T
+        dot = self.user_embedding(users) @ self.item_embedding.weight.T
+        if not self.biases:
+            return dot
+        return dot + self.user_bias(users) + self.item_bias.weight.T + self.global_bias
 
     def item_vectors(self) -> torch.Tensor | None:
         return self.item_embedding.weight

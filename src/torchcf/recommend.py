@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 from torch.func import functional_call
 
+from torchcf.baselines import FittedModel
 from torchcf.data.loaders import load_title_map, load_titles
 from torchcf.errors import ConfigError, DataError
 from torchcf.losses import bce_with_logits
@@ -76,7 +77,8 @@ class Recommender:
         self.fold_in = fold_in or FoldIn()
         self._titles = titles
         self.popularity = np.asarray(self.seen.sum(axis=0)).ravel().astype(np.float32)
-        self.device = next(self.model.parameters()).device
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        self.device = tensors[0].device if tensors else torch.device("cpu")
         self._pad = "" if self.item_map.ids.dtype.kind in "OUS" else -1
 
     @classmethod
@@ -175,7 +177,15 @@ class Recommender:
         return out.cpu().numpy().reshape(shape)
 
     def fold_in_scores(self, items: np.ndarray) -> torch.Tensor:
-        """Fit a new user on dense item indices ``items``; ``(num_items,)`` logits."""
+        """Fit a new user on dense item indices ``items``; ``(num_items,)`` logits.
+
+        Fitted baselines answer in closed form (item-item models score the items directly,
+        iALS solves the user's row exactly); the other models take ``FoldIn`` Adam steps.
+        """
+        if isinstance(self.model, FittedModel):
+            with torch.no_grad():
+                index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(self.device)
+                return self.model.fold_in_scores(index).float()
         params = self._fit_user(items)
         everything = torch.arange(self.num_items, device=self.device)[None, :]
         with torch.no_grad():

@@ -224,8 +224,10 @@ class DotProductAdamStep(FlatAdam):
     """
 
     def __init__(self, model: MF, config: TrainConfig) -> None:
-        if not isinstance(model, MF):
-            raise ConfigError(f"the analytic step supports mf and gmf, not {model.name}")
+        if not isinstance(model, MF) or model.biases:
+            raise ConfigError(
+                f"the analytic step supports mf and gmf without biases, not {model.name}"
+            )
         super().__init__(model, config)
         self.has_head = isinstance(model, GMF)
         # parameters in registration order: user table, item table, (head weight, head bias);
@@ -268,10 +270,10 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     ``step='autograd'`` forces plain autograd + ``torch.optim``. Other optimizers: autograd.
     """
     adam = config.optimizer == "adam"
-    analytic_ok = isinstance(model, MF) and adam and config.loss == "bce"
+    analytic_ok = isinstance(model, MF) and not model.biases and adam and config.loss == "bce"
     if config.step == "analytic" and not analytic_ok:
         raise ConfigError(
-            f"--step analytic supports mf and gmf with adam and the bce loss, "
+            f"--step analytic supports mf and gmf (no biases) with adam and the bce loss, "
             f"not {model.name} with {config.optimizer} and {config.loss}"
         )
     if config.step == "autograd" or not adam:
