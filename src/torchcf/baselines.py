@@ -13,6 +13,7 @@ CSR buffers (``history_indptr``, ``history_indices``): saved with the weights, n
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -268,26 +269,33 @@ class IALS(FittedModel):
 
     @torch.no_grad()
     def _solve(self, target: torch.Tensor, fixed: torch.Tensor, csr: Any) -> None:
-        """Every row of ``target`` exactly, for ``fixed`` and the rows' observed columns."""
-        f = fixed.double()
+        """Every row of ``target`` exactly, for ``fixed`` and the rows' observed columns.
+
+        ``Σ_{i∈I_u} h_i h_iᵀ`` for a chunk of rows is one sparse × dense product of the chunk's
+        0/1 rows with ``vec(h_i h_iᵀ)``; chunks keep it to ~2^24 floats.
+        """
+        f = fixed.detach().float()
         d = f.shape[1]
         alpha = self.unobserved_weight
-        gram = alpha * (f.T @ f)
+        outer = (f[:, :, None] * f[:, None, :]).reshape(len(f), d * d)
+        gram = alpha * (f.double().T @ f.double())
         counts = np.diff(csr.indptr)
-        reg = self.l2 * (counts + alpha * fixed.shape[0])  # frequency-scaled (ν = 1)
+        reg = torch.as_tensor(self.l2 * (counts + alpha * len(f)))  # frequency-scaled (ν = 1)
         eye = torch.eye(d, dtype=torch.float64)
-        indptr, indices = csr.indptr, torch.as_tensor(csr.indices, dtype=torch.long)
-        budget = max(1, 2**24 // (d * d))  # observed entries per chunk: ~128 MB at most
-        start = 0
-        while start < len(counts):
-            stop = int(np.searchsorted(indptr, indptr[start] + budget, side="right")) - 1
-            stop = min(max(stop, start + 1), len(counts))
-            lo, hi = indptr[start], indptr[stop]
-            rows = torch.as_tensor(np.repeat(np.arange(stop - start), counts[start:stop]))
-            h = f[indices[lo:hi]]
-            outer = torch.zeros(stop - start, d, d, dtype=torch.float64)
-            outer.index_add_(0, rows, h[:, :, None] * h[:, None, :])
-            rhs = torch.zeros(stop - start, d, dtype=torch.float64).index_add_(0, rows, h)
-            systems = gram + outer + torch.as_tensor(reg[start:stop])[:, None, None] * eye
+        rows = max(1, 2**24 // (d * d))
+        for start in range(0, len(counts), rows):
+            stop = min(start + rows, len(counts))
+            part = csr[start:stop]
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.sparse_csr_tensor(
+                    torch.as_tensor(part.indptr, dtype=torch.long),
+                    torch.as_tensor(part.indices, dtype=torch.long),
+                    torch.ones(part.nnz),
+                    size=part.shape,
+                    check_invariants=False,
+                )
+            systems = (x @ outer).reshape(-1, d, d).double() + gram
+            systems += reg[start:stop, None, None] * eye
+            rhs = (x @ f).double()
             target[start:stop] = torch.linalg.solve(systems, rhs).to(target.dtype)
-            start = stop

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import torchcf
+from torchcf.baselines import FittedModel
 from torchcf.config import TrainConfig, recipe
 from torchcf.data.datasets import DATASETS, fetch_dataset
 from torchcf.data.interactions import IdMap, Interactions
@@ -397,10 +398,14 @@ def run_training(
             bar.set_description(f"epoch {epoch}/{config.epochs}")
         bar.update(n)
 
+    epochs = config.epochs
+    if isinstance(model, FittedModel) and model.max_epochs is not None:
+        epochs = min(epochs, model.max_epochs)  # a closed form fits once
+
     def on_epoch(trainer: Trainer, record: EpochRecord) -> None:
         if bar is not None:
             bar.clear()
-        echo(format_epoch(record, config.epochs, config.k))
+        echo(format_epoch(record, epochs, config.k))
         write_metrics_csv(out / "metrics.csv", trainer.history, config.k)
 
     trainer = Trainer(
