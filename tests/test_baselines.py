@@ -196,3 +196,22 @@ def test_mf_with_biases_scores_trains_and_round_trips(split, tmp_path):
     again = load_model(tmp_path / "m").model
     assert again.hparams()["biases"] is True
     torch.testing.assert_close(again.score_all(users), model.score_all(users))
+
+
+def test_ials_conjugate_gradient_converges_to_the_exact_solve(split):
+    exact = IALS(split.num_users, split.num_items, embedding_dim=6, l2=0.01, unobserved_weight=0.2)
+    cg = IALS(
+        split.num_users, split.num_items, embedding_dim=6, l2=0.01, unobserved_weight=0.2,
+        solver="cg", cg_steps=30,
+    )  # fmt: skip
+    cg.load_state_dict(exact.state_dict())
+    for epoch in (1, 2):
+        exact.fit_epoch(split.train, epoch)
+        cg.fit_epoch(split.train, epoch)
+    torch.testing.assert_close(cg.score_all(torch.arange(9)), exact.score_all(torch.arange(9)),
+                               rtol=1e-3, atol=1e-4)  # fmt: skip
+    few = IALS(split.num_users, split.num_items, embedding_dim=6, solver="cg", cg_steps=2)
+    x = torch.as_tensor(split.train.deduplicate().csr.toarray(), dtype=torch.float64)
+    before = float(ials_objective(few, x))
+    few.fit_epoch(split.train, 1)
+    assert float(ials_objective(few, x)) < before  # even two steps descend

@@ -217,10 +217,16 @@ class IALS(FittedModel):
         unobserved_weight: float = 0.1,
         init_std: float = 0.1,
         generator: torch.Generator | None = None,
+        solver: str = "exact",
+        cg_steps: int = 3,
     ) -> None:
         super().__init__(num_users, num_items)
         if embedding_dim < 1 or l2 < 0 or unobserved_weight < 0:
             raise ConfigError("ials needs embedding_dim ≥ 1, l2 ≥ 0 and unobserved_weight ≥ 0")
+        if solver not in ("exact", "cg") or cg_steps < 1:
+            raise ConfigError(f"ials solver must be exact or cg (cg_steps ≥ 1), got {solver!r}")
+        self.solver = solver
+        self.cg_steps = cg_steps
         self.embedding_dim = embedding_dim
         self.l2 = l2
         self.unobserved_weight = unobserved_weight
@@ -238,6 +244,8 @@ class IALS(FittedModel):
             "l2": self.l2,
             "unobserved_weight": self.unobserved_weight,
             "init_std": self.init_std,
+            "solver": self.solver,
+            "cg_steps": self.cg_steps,
         }
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -263,9 +271,58 @@ class IALS(FittedModel):
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
         csr = train.deduplicate().csr
-        self._solve(self.user_embedding.weight, self.item_embedding.weight, csr)
-        self._solve(self.item_embedding.weight, self.user_embedding.weight, csr.T.tocsr())
+        solve = self._solve if self.solver == "exact" else self._conjugate_gradient
+        solve(self.user_embedding.weight, self.item_embedding.weight, csr)
+        solve(self.item_embedding.weight, self.user_embedding.weight, csr.T.tocsr())
         return math.nan
+
+    @torch.no_grad()
+    def _conjugate_gradient(self, target: torch.Tensor, fixed: torch.Tensor, csr: Any) -> None:
+        """``cg_steps`` conjugate-gradient steps on every row's system, warm-started from the
+        current rows (as implicit does): ``A x = α₀HᵀH x + Σ_{i∈I_u} h_i (h_iᵀx) + λ_u x`` is
+        applied without forming ``A``, so a sweep costs ``O(nnz·d)`` instead of ``O(nnz·d²)``."""
+        f = fixed.detach().float()
+        d = f.shape[1]
+        gram = self.unobserved_weight * (f.T @ f)
+        counts = np.diff(csr.indptr)
+        reg = torch.as_tensor(
+            self.l2 * (counts + self.unobserved_weight * len(f)), dtype=torch.float32
+        )
+        indices = torch.as_tensor(csr.indices, dtype=torch.long)
+        budget = max(1, 2**23 // d)  # observed entries per chunk
+        start = 0
+        while start < len(counts):
+            stop = int(np.searchsorted(csr.indptr, csr.indptr[start] + budget, side="right")) - 1
+            stop = min(max(stop, start + 1), len(counts))
+            lo, hi = int(csr.indptr[start]), int(csr.indptr[stop])
+            row_of = torch.as_tensor(np.repeat(np.arange(stop - start), counts[start:stop]))
+            h = f[indices[lo:hi]]
+            lam = reg[start:stop, None]
+
+            def apply(
+                v: torch.Tensor,
+                h: torch.Tensor = h,
+                row_of: torch.Tensor = row_of,
+                lam: torch.Tensor = lam,
+            ) -> torch.Tensor:
+                dots = (h * v[row_of]).sum(1, keepdim=True)
+                return (v @ gram + lam * v).index_add_(0, row_of, h * dots)
+
+            x = target[start:stop].float()
+            b = torch.zeros_like(x).index_add_(0, row_of, h)
+            r = b - apply(x)
+            p = r.clone()
+            rs = (r * r).sum(1)
+            for _ in range(self.cg_steps):
+                ap = apply(p)
+                step = rs / (p * ap).sum(1).clamp_min(1e-30)
+                x += step[:, None] * p
+                r -= step[:, None] * ap
+                new = (r * r).sum(1)
+                p = r + (new / rs.clamp_min(1e-30))[:, None] * p
+                rs = new
+            target[start:stop] = x.to(target.dtype)
+            start = stop
 
     @torch.no_grad()
     def _solve(self, target: torch.Tensor, fixed: torch.Tensor, csr: Any) -> None:

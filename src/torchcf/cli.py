@@ -157,6 +157,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--neighbours", type=int, help=f"item-kNN neighbours per item (default {d.neighbours})"
     )
     b.add_argument("--shrink", type=float, help="item-kNN similarity shrinkage (default 0)")
+    b.add_argument(
+        "--solver",
+        choices=["exact", "cg"],
+        help="iALS: exact batched solves (default) or conjugate gradient steps (faster)",
+    )
+    b.add_argument("--cg-steps", type=int, help="iALS conjugate-gradient steps per sweep (3)")
     g.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     g.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda[:N]")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")

@@ -43,6 +43,8 @@ class TrainConfig:
     unobserved_weight: float = 0.1
     neighbours: int = 100
     shrink: float = 0.0
+    solver: str = "exact"  # iALS: "exact" (batched solves) or "cg" (conjugate gradient steps)
+    cg_steps: int = 3
 
     def __post_init__(self) -> None:
         positive = ("embedding_dim", "epochs", "batch_size", "k")
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ConfigError(f"loss must be bce or bpr, got {self.loss!r}")
         if self.l2 is not None and self.l2 < 0:
             raise ConfigError(f"l2 must be non-negative, got {self.l2}")
+        if self.solver not in ("exact", "cg") or self.cg_steps < 1:
+            raise ConfigError(f"solver must be exact or cg (cg_steps ≥ 1), got {self.solver!r}")
         if self.unobserved_weight < 0 or self.shrink < 0 or self.neighbours < 1:
             raise ConfigError("unobserved_weight and shrink must be ≥ 0, neighbours ≥ 1")
 
