@@ -103,7 +103,9 @@ def run_tune(
         load_if_exists=True,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=base.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=max(2, base.epochs // 2)
+        ),  # iterative models learn at different speeds: judge them past half-way
     )
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if done:
