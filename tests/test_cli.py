@@ -89,6 +89,46 @@ def test_train_end_to_end(tiny, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["embedding_dim"] == 4 and config["train"]["epochs"] == 2
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    full = summary["full_ranking"]
+    assert full["users"] == 12 and 0.0 <= full["hr@10"] <= 1.0 and "coverage@20" in full
+    assert any(line.startswith("full ranking") for line in lines)
+    # evaluate rebuilds the split from the run's record: the same numbers again
+    again = run_cli("evaluate", str(out), "--json")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    sampled = result["sampled"]["test"]
+    selected = summary["selected"]["test"]
+    assert sampled["hr@10"] == pytest.approx(selected["hr@10"])
+    assert sampled["ndcg@10"] == pytest.approx(selected["ndcg@10"])
+    assert result["full"]["ndcg@10"] == pytest.approx(full["ndcg@10"])
+    table = run_cli("evaluate", str(out), "--protocol", "full").stdout
+    assert "full ranking" in table and "coverage" in table and "sampled" not in table
+
+
+@pytest.mark.parametrize("model", ["pop", "itemknn", "ease", "ials", "bpr"])
+def test_train_baselines_end_to_end(tiny, tmp_path, model):
+    out = tmp_path / model
+    result = run_cli("train", "--data", str(tiny), "--model", model, "--out", str(out), *FAST)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "metrics.json").read_text())
+    closed_form = model in ("pop", "itemknn", "ease")
+    assert summary["epochs_run"] == (1 if closed_form else 2)
+    recommended = run_cli("recommend", str(out), "--user", "1", "-k", "3", "--json")
+    assert recommended.returncode == 0 and len(json.loads(recommended.stdout)["items"]) == 3
+
+
+def test_evaluate_refuses_a_run_whose_data_changed(tiny, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ratings.dat").write_text((tiny / "ratings.dat").read_text())
+    out = tmp_path / "run"
+    assert run_cli("train", "--data", str(data), "--out", str(out), *FAST).returncode == 0
+    with (data / "ratings.dat").open("a") as handle:
+        handle.write("99::1::5::978300999\n99::2::5::978301000\n99::3::5::978301001\n")
+    result = run_cli("evaluate", str(out))
+    assert result.returncode == 2 and "changed since training" in result.stderr
+    missing = run_cli("evaluate", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
 
 
 def test_python_dash_m_and_ncf_dir_select_by_test(tmp_path):
