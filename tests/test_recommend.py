@@ -203,3 +203,29 @@ def test_fold_in_serves_users_never_seen_in_training(tmp_path):
     ids, _ = rec.recommend_for_items(histories[0], k=5)
     assert not set(ids.tolist()) & set(histories[0].tolist())
     assert np.mean([block(i) == new_users[0] % GROUPS for i in ids]) >= 0.8
+
+
+def test_ncf_split_items_get_titles_through_the_item_map(tmp_path):
+    """An NCF split renumbers items; movies.dat beside it plus derived/ncf_item_map.tsv map back."""
+    root = tmp_path / "ml"
+    ncf, derived = root / "ncf", root / "derived"
+    ncf.mkdir(parents=True)
+    derived.mkdir()
+    train = [(u, i) for u in range(6) for i in range(8) if (u + i) % 3]
+    (ncf / "t.train.rating").write_text("".join(f"{u}\t{i}\t5\n" for u, i in train))
+    tests = [(u, next(i for i in range(8) if (u + i) % 3 == 0)) for u in range(6)]
+    (ncf / "t.test.rating").write_text("".join(f"{u}\t{i}\t5\t1\n" for u, i in tests))
+    (ncf / "t.test.negative").write_text("".join(f"({u},{i})\t9\t10\n" for u, i in tests))
+    movie_of = {i: 100 + 7 * i for i in range(11)}  # NCF item i is MovieID 100 + 7i
+    (derived / "ncf_item_map.tsv").write_text(
+        "ncf_item_id\tMovieID\n" + "".join(f"{i}\t{m}\n" for i, m in movie_of.items())
+    )
+    (root / "movies.dat").write_text(
+        "".join(f"{m}::Film {m} (1999)::Drama\n" for m in movie_of.values())
+    )
+    config = TrainConfig(model="gmf", embedding_dim=4, epochs=1, eval_negatives=2)
+    run_training(DataSpec(path=str(ncf)), config, tmp_path / "run", progress=False, echo=print)
+    rec = Recommender.load(tmp_path / "run")
+    ids, scores = rec.recommend(0, k=3)
+    for row in rec.rows(ids, scores):
+        assert row["title"] == f"Film {movie_of[row['item']]} (1999)"
