@@ -467,7 +467,8 @@ def _print_rows(header: dict[str, object], rows: list[dict[str, object]], as_jso
     if as_json:
         print(json.dumps({**header, "items": rows}))
         return
-    print("  ".join(f"{key} {value}" for key, value in header.items() if value is not None))
+    shown = "  ".join(f"{key} {value}" for key, value in header.items() if value is not None)
+    print(shown or "new user (fold-in from the given items)")
     titled = any(row["title"] is not None for row in rows)
     width = max([len(str(row["item"])) for row in rows] + [4])
     print(f"{'rank':>4}  {'item':>{width}}  {'score':>8}" + ("  title" if titled else ""))
