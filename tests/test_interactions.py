@@ -57,3 +57,12 @@ def test_idmap_round_trip_and_errors():
     assert IdMap.from_json(ints.to_json()) == ints
     with pytest.raises(DataError, match="unique"):
         IdMap(np.array([1, 1]))
+
+
+def test_idmap_canonical_turns_text_into_the_id_it_names():
+    numbers = IdMap(np.array([5, 42, 7]))
+    assert numbers.canonical("42") == 42 and isinstance(numbers.canonical("42"), int)
+    assert numbers.canonical(7) == 7
+    assert numbers.canonical("nope") == "nope" and numbers.canonical("99") == "99"  # unknown
+    words = IdMap(np.array(["a", "b"]))
+    assert words.canonical("b") == "b" and isinstance(words.canonical("b"), str)

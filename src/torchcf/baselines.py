@@ -93,12 +93,16 @@ class _HistoryModel(FittedModel):
     def hparams(self) -> dict[str, Any]:
         return {"nnz": int(self.history_indices.numel())}
 
-    def _set_history(self, train: Interactions) -> Any:
-        csr = train.csr
+    def _fit_history(self, train: Interactions) -> torch.Tensor:
+        """Keep the users' training items; return the item co-occurrence ``XᵀX`` (dense,
+        float64), computed sparse so no users × items matrix is ever materialised."""
+        csr = train.deduplicate().csr
         csr.sort_indices()
         self.history_indptr = torch.as_tensor(csr.indptr, dtype=torch.long)
         self.history_indices = torch.as_tensor(csr.indices, dtype=torch.long)
-        return csr
+        binary = csr.astype(np.float64)
+        binary.data[:] = 1.0
+        return torch.as_tensor((binary.T @ binary).toarray())
 
     def history(self, users: torch.Tensor) -> torch.Tensor:
         """``(B, num_items)`` 0/1 rows of the users' training items."""
@@ -141,9 +145,7 @@ class EASE(_HistoryModel):
         return {**super().hparams(), "l2": self.l2}
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
-        csr = self._set_history(train.deduplicate())
-        x = torch.as_tensor(csr.toarray(), dtype=torch.float64)
-        gram = x.T @ x
+        gram = self._fit_history(train)
         gram.diagonal().add_(self.l2)
         inverse = torch.linalg.inv(gram)
         weights = -inverse / inverse.diagonal()[None, :]
@@ -179,9 +181,7 @@ class ItemKNN(_HistoryModel):
         return {**super().hparams(), "neighbours": self.neighbours, "shrink": self.shrink}
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
-        csr = self._set_history(train.deduplicate())
-        x = torch.as_tensor(csr.toarray(), dtype=torch.float32)
-        co = x.T @ x
+        co = self._fit_history(train).float()
         norms = co.diagonal().sqrt()
         sim = co / (norms[:, None] * norms[None, :] + self.shrink + 1e-12)
         sim.diagonal().zero_()

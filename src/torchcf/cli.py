@@ -477,7 +477,12 @@ def _print_rows(header: dict[str, object], rows: list[dict[str, object]], as_jso
         print(line + (f"  {row['title'] or ''}" if titled else ""))
 
 
-_FLAGS = {"learning_rate": "--lr", "embedding_dim": "--factors", "num_negatives": "--negatives"}
+def _flag_of(dest: str) -> str:
+    """The command-line flag that sets TrainConfig field ``dest`` (``learning_rate``: ``--lr``)."""
+    parser = argparse.ArgumentParser()
+    _add_train_flags(parser)
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    return flags[dest]
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -499,9 +504,7 @@ def _tune(args: argparse.Namespace) -> int:
         print("no trial finished")
         return 1
     flags = " ".join(
-        f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {value:.4g}"
-        if isinstance(value, float)
-        else f"{_FLAGS.get(name, '--' + name.replace('_', '-'))} {value}"
+        f"{_flag_of(name)} {value:.4g}" if isinstance(value, float) else f"{_flag_of(name)} {value}"
         for name, value in best["params"].items()
     )
     print(
@@ -555,8 +558,7 @@ def _recommend(args: argparse.Namespace) -> int:
         ids, scores = rec.recommend(
             args.user, k=args.k, exclude_seen=not args.include_seen, filter_items=filtered
         )
-        user = rec.user_map.to_index(args.user, strict=False, what="user")[0]
-        header = {"user": rec.user_map.to_id(user).item() if user >= 0 else args.user}
+        header = {"user": rec.user_map.canonical(args.user)}
     _print_rows(header, rec.rows(ids, scores), args.json)
     return 0
 
@@ -566,8 +568,7 @@ def _similar(args: argparse.Namespace) -> int:
 
     rec = Recommender.load(args.run, titles=args.titles)
     ids, scores = rec.similar_items(args.item, k=args.k)
-    item = rec.item_map.to_id(rec.item_map.to_index(args.item, what="item")[0]).item()
-    _print_rows({"item": item}, rec.rows(ids, scores), args.json)
+    _print_rows({"item": rec.item_map.canonical(args.item)}, rec.rows(ids, scores), args.json)
     return 0
 
 

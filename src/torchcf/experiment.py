@@ -28,7 +28,7 @@ from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation import evaluate_full, evaluate_sampled
 from torchcf.io import write_json
 from torchcf.models import GMF, MLP, NeuMF, ScoringModel
-from torchcf.persistence import load_model, save_model
+from torchcf.persistence import LoadedModel, load_model, save_model
 from torchcf.registry import build_model, model_kwargs
 from torchcf.report import write_learning_curve, write_metrics_csv
 from torchcf.split import Split, leave_one_out, ncf_split
@@ -101,18 +101,21 @@ def init_from_runs(model: torch.nn.Module, pretrained: Pretrained, split: Split)
         run = load_model(path)
         if not isinstance(run.model, kind):
             raise ConfigError(f"{path} holds a {run.model.name} model, expected {name}")
-        same_ids = split.train.user_map is None or (
-            run.user_map == split.train.user_map and run.item_map == split.train.item_map
-        )
-        if not same_ids or (run.model.num_users, run.model.num_items) != (
-            split.num_users,
-            split.num_items,
-        ):
+        if not _trained_on(run, split):
             raise ConfigError(f"{path} was trained on other data (its users or items differ)")
         loaded[name] = run.model
     gmf, mlp = loaded["gmf"], loaded["mlp"]
     assert isinstance(gmf, GMF) and isinstance(mlp, MLP)
     model.init_from_pretrained(gmf, mlp, pretrained.alpha)
+
+
+def _trained_on(run: LoadedModel, split: Split) -> bool:
+    """Do the saved model's users and items match ``split``'s (same ids, same sizes)?"""
+    same_ids = split.train.user_map is None or (
+        run.user_map == split.train.user_map and run.item_map == split.train.item_map
+    )
+    sizes = (run.model.num_users, run.model.num_items) == (split.num_users, split.num_items)
+    return same_ids and sizes
 
 
 def pretrain_config(part: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -483,10 +486,7 @@ def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False
         raise DataError(f"{run} is not a torchcf run directory ({type(exc).__name__})") from None
     loaded = load_model(run)
     split, _ = load_split(spec, config, progress=progress)
-    same = split.train.user_map is None or (
-        loaded.user_map == split.train.user_map and loaded.item_map == split.train.item_map
-    )
-    if not same or loaded.seen.nnz != len(split.train.deduplicate()):
+    if not _trained_on(loaded, split) or loaded.seen.nnz != len(split.train.deduplicate()):
         raise DataError(f"the data of {run} changed since training: its split differs")
     out: dict[str, Any] = {"run": str(run), "model": loaded.model.name}
     if protocol in ("sampled", "both"):

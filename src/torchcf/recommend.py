@@ -27,10 +27,11 @@ from torch.func import functional_call
 from torchcf.baselines import FittedModel
 from torchcf.data.loaders import load_title_map, load_titles
 from torchcf.errors import ConfigError, DataError
+from torchcf.evaluation import rows_mask
 from torchcf.losses import bce_with_logits
 from torchcf.persistence import LoadedModel, load_model
 
-__all__ = ["UNKNOWN_USER_POLICIES", "FoldIn", "Recommender", "plain_id"]
+__all__ = ["UNKNOWN_USER_POLICIES", "FoldIn", "Recommender"]
 
 UNKNOWN_USER_POLICIES = ("error", "popular")
 
@@ -151,8 +152,8 @@ class Recommender:
         vectors = self.model.item_vectors()
         if vectors is None:
             raise ConfigError(
-                f"{self.name} has no single item embedding to compare items with "
-                "(its GMF and MLP parts embed items separately); use mf, gmf or mlp"
+                f"{self.name} has no single item embedding to compare items with; "
+                "use mf, gmf, mlp or ials"
             )
         scalar = np.ndim(item_ids) == 0
         items = self.item_map.to_index(np.atleast_1d(item_ids), what="item")
@@ -196,20 +197,16 @@ class Recommender:
         """Display titles of external item ids (``None`` where unknown or without titles)."""
         if self._titles is None:
             return [None] * len(np.atleast_1d(item_ids))
-        return [self._titles.get(plain_id(i)) for i in np.atleast_1d(item_ids)]
+        return [self._titles.get(_plain(i)) for i in np.atleast_1d(item_ids)]
 
     def rows(self, item_ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         """One 1-D result as ``[{"item", "score", "title"}]``, short-list padding dropped."""
         keep = np.isfinite(scores)
         ids, kept = np.asarray(item_ids)[keep], np.asarray(scores)[keep]
         return [
-            {"item": plain_id(i), "score": float(s), "title": t}
+            {"item": _plain(i), "score": float(s), "title": t}
             for i, s, t in zip(ids, kept, self.titles(ids), strict=True)
         ]
-
-    @property
-    def has_titles(self) -> bool:
-        return self._titles is not None
 
     def card(self) -> dict[str, Any]:
         """What the model is: name, sizes, hyperparameters, data, protocol and metrics."""
@@ -241,15 +238,8 @@ class Recommender:
         """``(n, num_items)`` mask of items not to recommend: seen by known ``users``, filtered."""
         mask = torch.zeros(n, self.num_items, dtype=torch.bool)
         if users is not None:
-            known = np.flatnonzero(users >= 0)
-            indptr = self.seen.indptr
-            starts, counts = indptr[users[known]], np.diff(indptr)[users[known]]
-            # positions of every seen entry of these users in the CSR arrays, without a loop
-            position = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(
-                counts.sum()
-            )
-            row_of = torch.from_numpy(np.repeat(known, counts))
-            mask[row_of, torch.from_numpy(self.seen.indices[position].astype(np.int64))] = True
+            known = np.flatnonzero(users >= 0)  # unknown (popular-fallback) users saw nothing
+            mask[torch.from_numpy(known)] = rows_mask(self.seen, users[known], self.num_items)
         if filter_items is not None:
             filtered = self.item_map.to_index(np.atleast_1d(filter_items), what="item")
             mask[:, torch.from_numpy(filtered)] = True
@@ -301,7 +291,7 @@ class Recommender:
         return {**params, **{name: row.detach() for name, row in rows.items()}}
 
 
-def plain_id(value: Any) -> Any:
+def _plain(value: Any) -> Any:
     """A NumPy scalar id as the Python ``int``/``str`` it stands for (JSON-ready)."""
     return value.item() if isinstance(value, np.generic) else value
 

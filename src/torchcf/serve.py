@@ -103,7 +103,9 @@ def create_app(
         exclude_seen: bool = True,
     ) -> UserRecommendations:
         ids, scores = rec.recommend(user, k=k, exclude_seen=exclude_seen)
-        return UserRecommendations(user=_external(rec, user), items=_items(rec, ids, scores))
+        return UserRecommendations(
+            user=rec.user_map.canonical(user), items=_items(rec, ids, scores)
+        )
 
     @app.post("/recommend", response_model=list[UserRecommendations])
     def recommend_many(body: RecommendRequest) -> list[UserRecommendations]:
@@ -132,18 +134,9 @@ def create_app(
         item: Annotated[str, Query(min_length=1, max_length=200)], k: K = 10
     ) -> SimilarItems:
         ids, scores = rec.similar_items(item, k=k)
-        return SimilarItems(item=_external_item(rec, item), items=_items(rec, ids, scores))
+        return SimilarItems(item=rec.item_map.canonical(item), items=_items(rec, ids, scores))
 
     return app
-
-
-def _external(rec: Recommender, user: str) -> Id:
-    """The query's user id in the model's id type (ints stay ints in responses)."""
-    return int(user) if rec.user_map.ids.dtype.kind in "iu" and user.lstrip("-").isdigit() else user
-
-
-def _external_item(rec: Recommender, item: str) -> Id:
-    return int(item) if rec.item_map.ids.dtype.kind in "iu" and item.lstrip("-").isdigit() else item
 
 
 def serve(

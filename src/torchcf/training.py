@@ -137,37 +137,32 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------------------
     def epoch_samples(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Shuffled ``(users, items, labels)`` of one epoch: every positive, fresh negatives."""
-        rng = np.random.default_rng([self.config.seed, epoch])
-        negatives = sample_negatives(self.split.train, self._neg_users, rng)
-        if self.config.loss == "bpr":
-            return self._pairs(negatives, rng)
-        n_pos, n_neg = len(self._pos_users), len(negatives)
-        users = torch.cat([self._pos_users, torch.as_tensor(self._neg_users, device=self.device)])
-        items = torch.cat([self._pos_items, torch.as_tensor(negatives, device=self.device)])
-        labels = torch.cat(
-            [torch.ones(n_pos, device=self.device), torch.zeros(n_neg, device=self.device)]
-        )
-        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        perm = torch.randperm(n_pos + n_neg, generator=gen).to(self.device)
-        if self.world_size > 1:
-            perm = perm[self.rank :: self.world_size]
-        return users[perm], items[perm], labels[perm]
+        """Shuffled ``(users, items, labels)`` of one epoch: every positive, fresh negatives.
 
-    def _pairs(
-        self, negatives: np.ndarray, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """BPR samples: users ``(n, 1)``, items ``(n, 2)`` = (positive, negative) per row, one
-        row per positive and fresh negative; labels are a placeholder for the step protocol."""
-        k = self.config.num_negatives
-        users = torch.as_tensor(self._neg_users, device=self.device)[:, None]
-        positives = self._pos_items.repeat_interleave(k)
-        items = torch.stack([positives, torch.as_tensor(negatives, device=self.device)], dim=1)
+        With the BPR loss the rows are pairs instead: users ``(n, 1)``, items ``(n, 2)`` =
+        (positive, fresh negative), one row per positive and negative; labels a placeholder.
+        """
+        rng = np.random.default_rng([self.config.seed, epoch])
+        negatives = torch.as_tensor(
+            sample_negatives(self.split.train, self._neg_users, rng), device=self.device
+        )
+        neg_users = torch.as_tensor(self._neg_users, device=self.device)
+        if self.config.loss == "bpr":
+            positives = self._pos_items.repeat_interleave(self.config.num_negatives)
+            users, items = neg_users[:, None], torch.stack([positives, negatives], dim=1)
+            labels = torch.zeros(len(users), device=self.device)
+        else:
+            n_pos, n_neg = len(self._pos_users), len(negatives)
+            users = torch.cat([self._pos_users, neg_users])
+            items = torch.cat([self._pos_items, negatives])
+            labels = torch.cat(
+                [torch.ones(n_pos, device=self.device), torch.zeros(n_neg, device=self.device)]
+            )
         gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
         perm = torch.randperm(len(users), generator=gen).to(self.device)
         if self.world_size > 1:
             perm = perm[self.rank :: self.world_size]
-        return users[perm], items[perm], torch.zeros(len(perm), device=self.device)
+        return users[perm], items[perm], labels[perm]
 
     # -- one epoch ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:

@@ -78,7 +78,8 @@ def run_tune(
     echo: Callable[[str], None] = print,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run trials until the study in ``out`` has ``trials`` finished ones (or ``timeout`` s)."""
+    """Run trials until the study in ``out`` has ``trials`` finished ones, run to the end or
+    pruned (or until ``timeout`` seconds have passed)."""
     import optuna
 
     if model not in MODELS:
@@ -107,7 +108,8 @@ def run_tune(
             n_startup_trials=5, n_warmup_steps=max(2, base.epochs // 2)
         ),  # iterative models learn at different speeds: judge them past half-way
     )
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = [t for t in study.trials if t.state in finished]
     if done:
         echo(f"resuming the study in {out / 'study.db'}: {len(done)} trials finished")
 
@@ -206,7 +208,7 @@ def _write_results(
     }
     if complete:
         best = max(complete, key=lambda t: t.value)
-        config = base.replace(**best.params, epochs=base.epochs)
+        config = base.replace(**best.params)
         summary["best"] = {
             "trial": best.number,
             "value": best.value,

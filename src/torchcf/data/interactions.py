@@ -74,6 +74,12 @@ class IdMap:
             raise UnknownIdError(what, arr[np.argmax(idx < 0)].tolist())
         return idx
 
+    def canonical(self, value: Any) -> Any:
+        """``value`` (e.g. a string from a URL or the command line) as the Python id it names in
+        this map (``"42"`` → ``42`` for integer ids), or unchanged when the map does not know it."""
+        index = self.to_index(value, strict=False)[0]
+        return self._ids[index].item() if index >= 0 else value
+
     def to_id(self, index: Any) -> np.ndarray:
         return self._ids[np.asarray(index, dtype=np.int64)]
 
