@@ -60,6 +60,14 @@ class ScoringModel(nn.Module):
         return None
 
 
+def _head(width: int, generator: torch.Generator | None) -> nn.Linear:
+    """The NCF output layer ``hᵀx + b``: ``h`` kaiming-uniform (a=1, sigmoid gain), ``b`` = 0."""
+    head = nn.Linear(width, 1)
+    nn.init.kaiming_uniform_(head.weight, a=1, nonlinearity="sigmoid", generator=generator)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 def _init_embedding(weight: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
     nn.init.normal_(weight, 0.0, std, generator=generator)
 
@@ -138,9 +146,7 @@ class GMF(MF):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(num_users, num_items, embedding_dim, init_std, generator)
-        self.head = nn.Linear(embedding_dim, 1)
-        nn.init.kaiming_uniform_(self.head.weight, a=1, nonlinearity="sigmoid", generator=generator)
-        nn.init.zeros_(self.head.bias)
+        self.head = _head(embedding_dim, generator)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         product = self.user_embedding(users) * self.item_embedding(items)
@@ -284,9 +290,7 @@ class MLP(_TowerModel):
         _init_embedding(self.user_embedding.weight, init_std, generator)
         _init_embedding(self.item_embedding.weight, init_std, generator)
         self.tower = _tower(2 * width, embedding_dim, layers, dropout, generator)
-        self.head = nn.Linear(embedding_dim, 1)
-        nn.init.kaiming_uniform_(self.head.weight, a=1, nonlinearity="sigmoid", generator=generator)
-        nn.init.zeros_(self.head.bias)
+        self.head = _head(embedding_dim, generator)
 
     def features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The tower's output ``(..., embedding_dim)`` for broadcast ``users`` and ``items``."""
@@ -336,9 +340,7 @@ class NeuMF(_TowerModel):
         ):
             _init_embedding(emb.weight, init_std, generator)
         self.tower = _tower(2 * width, embedding_dim, layers, dropout, generator)
-        self.head = nn.Linear(2 * embedding_dim, 1)
-        nn.init.kaiming_uniform_(self.head.weight, a=1, nonlinearity="sigmoid", generator=generator)
-        nn.init.zeros_(self.head.bias)
+        self.head = _head(2 * embedding_dim, generator)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users, items = torch.broadcast_tensors(users, items)
