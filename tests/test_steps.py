@@ -5,10 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from torchcf import native
 from torchcf.config import TrainConfig
 from torchcf.losses import bce_with_logits
 from torchcf.registry import build_model
-from torchcf.steps import AutogradStep, DotProductAdamStep, FlatAdamStep, make_step
+from torchcf.steps import (
+    AutogradStep,
+    DotProductAdamStep,
+    FlatAdamStep,
+    NativeDotProductAdamStep,
+    make_step,
+)
+
+needs_kernel = pytest.mark.skipif(
+    native.load() is None, reason="no C++ compiler here: the compiled kernel is not built"
+)
 
 
 def _batches(steps=300, batch=32, users=30, items=25, seed=0):
@@ -46,10 +57,112 @@ def test_analytic_step_matches_torch_adam(name, weight_decay, fused):
         assert rel < 1e-4, (key, float(rel))
 
 
-def test_make_step_choice():
+def test_make_step_choice(monkeypatch):
     gmf = build_model("gmf", 3, 3, seed=0)
-    assert isinstance(make_step(gmf, TrainConfig()), DotProductAdamStep)
+    expected = DotProductAdamStep if native.load() is None else NativeDotProductAdamStep
+    assert type(make_step(gmf, TrainConfig())) is expected
     assert isinstance(make_step(gmf, TrainConfig(step="autograd")), AutogradStep)
+    monkeypatch.setattr(native, "load", lambda: None)  # no compiler: the tensor-op step
+    assert type(make_step(gmf, TrainConfig())) is DotProductAdamStep
+
+
+def _reference_run(name, config, batches, **model_kwargs):
+    """torch.optim.Adam + autograd on ``batches``: (model, every batch's logits)."""
+    reference = build_model(name, 30, 25, seed=0, **model_kwargs)
+    optimizer = torch.optim.Adam(
+        reference.parameters(),
+        lr=config.learning_rate,
+        betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+    )
+    out = []
+    for users, items, labels in batches:
+        logits = reference(users, items)
+        loss = bce_with_logits(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        out.append(logits.detach())
+    return reference, out
+
+
+def _assert_same_parameters(reference, model):
+    for (key, want), got in zip(
+        reference.state_dict().items(), model.state_dict().values(), strict=True
+    ):
+        rel = (got - want).norm() / want.norm()
+        assert rel < 1e-4, (key, float(rel))
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", ["mf", "gmf"])
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"weight_decay": 0.01}, {"beta1": 0.8, "beta2": 0.95}],
+    ids=["adam", "weight-decay", "betas"],
+)
+def test_compiled_kernel_matches_torch_adam(name, settings):
+    """Several hundred steps, one call per batch: logits and parameters as torch.optim.Adam."""
+    config = TrainConfig(model=name, learning_rate=0.01, **settings)
+    batches = list(_batches(steps=400))
+    kwargs = {"embedding_dim": 8, "init_std": 0.1}
+    reference, want = _reference_run(name, config, batches, **kwargs)
+    fast = build_model(name, 30, 25, seed=0, **kwargs)
+    step = make_step(fast, config)
+    assert isinstance(step, NativeDotProductAdamStep)
+    for (users, items, labels), logits in zip(batches, want, strict=True):
+        assert torch.allclose(step(users, items, labels), logits, rtol=1e-4, atol=1e-5)
+    _assert_same_parameters(reference, fast)
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch", [32, 4096])  # 4096: the multi-threaded forward and scatter
+def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(batch):
+    """``run`` over an order = the same batches one by one; logits land at their samples."""
+    gen = torch.Generator().manual_seed(1)
+    n = batch * 6 + 5  # a short last batch
+    users = torch.randint(0, 30, (n,), generator=gen)
+    items = torch.randint(0, 25, (n,), generator=gen)
+    labels = torch.randint(0, 2, (n,), generator=gen).float()
+    order = torch.randperm(n, generator=gen)
+    config = TrainConfig(model="gmf", learning_rate=0.01, batch_size=batch)
+    batches = [(users[part], items[part], labels[part]) for part in order.split(batch)]
+    kwargs = {"embedding_dim": 8, "init_std": 0.1}
+    reference, want = _reference_run("gmf", config, batches, **kwargs)
+    fast = build_model("gmf", 30, 25, seed=0, **kwargs)
+    step = make_step(fast, config)
+    logits = torch.zeros(n)
+    for part in order.split(batch * 4):  # several batches per call, as the trainer does
+        step.run(users, items, labels, order=part, logits=logits)
+    assert torch.allclose(logits[order], torch.cat(want), rtol=1e-4, atol=1e-5)
+    _assert_same_parameters(reference, fast)
+
+
+@needs_kernel
+def test_compiled_kernel_state_round_trip():
+    """The kernel keeps sqrt(v); its state_dict speaks Adam's v, and loading it back resumes."""
+    config = TrainConfig(model="gmf", learning_rate=0.01)
+    batches = list(_batches(steps=60))
+    kwargs = {"embedding_dim": 8, "init_std": 0.1}
+    reference, _ = _reference_run("gmf", config, batches, **kwargs)
+    first = build_model("gmf", 30, 25, seed=0, **kwargs)
+    step = make_step(first, config)
+    for batch in batches[:30]:
+        step(*batch)
+    plain = DotProductAdamStep(build_model("gmf", 30, 25, seed=0, **kwargs), config)
+    plain.model.load_state_dict(first.state_dict())
+    plain.load_state_dict(step.state_dict())  # the tensor-op step continues from the kernel
+    for batch in batches[30:]:
+        plain(*batch)
+    _assert_same_parameters(reference, plain.model)
+
+
+def test_kernel_bad_input_is_an_error():
+    if native.load() is None:
+        pytest.skip("no C++ compiler here")
+    step = make_step(build_model("gmf", 3, 3, seed=0), TrainConfig())
+    with pytest.raises(RuntimeError, match="index out of range"):
+        step(torch.tensor([5]), torch.tensor([0]), torch.tensor([1.0]))
 
 
 def test_bce_with_logits_closed_form():

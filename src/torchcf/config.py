@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,9 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 256
     learning_rate: float = 0.001
+    beta1: float = 0.9  # Adam's moment decays (large-batch recipes lower them)
+    beta2: float = 0.999
+    lr_schedule: str = "constant"  # or "cosine": epoch e of E trains at lr·½(1 + cos(π(e−1)/E))
     weight_decay: float = 0.0
     num_negatives: int = 4
     eval_negatives: int = 99
@@ -45,12 +49,19 @@ class TrainConfig:
     shrink: float = 0.0
     solver: str = "exact"  # iALS: "exact" (batched solves) or "cg" (conjugate gradient steps)
     cg_steps: int = 3
+    # draw the next epoch's samples in a background thread while this one trains (pays off with
+    # the compiled MF/GMF kernel, which releases the GIL, at large batches and one torch thread)
+    prefetch: bool = False
 
     def __post_init__(self) -> None:
         positive = ("embedding_dim", "epochs", "batch_size", "k")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         for name in ("weight_decay", "patience", "eval_negatives"):
@@ -82,6 +93,13 @@ class TrainConfig:
             raise ConfigError(f"solver must be exact or cg (cg_steps ≥ 1), got {self.solver!r}")
         if self.unobserved_weight < 0 or self.shrink < 0 or self.neighbours < 1:
             raise ConfigError("unobserved_weight and shrink must be ≥ 0, neighbours ≥ 1")
+
+    def epoch_learning_rate(self, epoch: int) -> float:
+        """The learning rate of 1-based ``epoch`` under ``lr_schedule``."""
+        if self.lr_schedule == "cosine":
+            progress = (epoch - 1) / self.epochs
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.learning_rate
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -94,14 +94,20 @@ def holdout_ranks(
     if candidates is None:
         candidates = torch.as_tensor(holdout.candidates(), device=device)
     users = torch.as_tensor(holdout.users, device=device)
+    # a model whose score_all is one matrix product scores whole rows and picks the candidates
+    matrix = model.matrix_scoring and model.num_items <= 64 * max(1, candidates.shape[1])
     if batch_users is None:
-        width = max(1, candidates.shape[1]) * getattr(model, "pair_width", 1)
+        width = model.num_items if matrix else max(1, candidates.shape[1]) * model.pair_width
         batch_users = max(1, 2**24 // width)
     out = []
     for s in range(0, len(users), batch_users):
         cand = candidates[s : s + batch_users]
         valid = cand >= 0
-        scores = model(users[s : s + batch_users, None], cand.clamp(min=0))
+        if matrix:
+            rows = model.score_all(users[s : s + batch_users])
+            scores = rows.gather(1, cand.clamp(min=0))
+        else:
+            scores = model(users[s : s + batch_users, None], cand.clamp(min=0))
         out.append(positive_ranks(scores, valid))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)

@@ -26,6 +26,8 @@ class ScoringModel(nn.Module):
     pair_width: int = 1
     # the embedding modules holding a row per user: what fold-in fits for a new user
     user_tables: tuple[str, ...] = ("user_embedding",)
+    # score_all is one matrix product, cheaper than scoring (user, candidate) pairs one by one
+    matrix_scoring: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -111,6 +113,8 @@ class MF(ScoringModel):
     def hparams(self) -> dict[str, Any]:
         out: dict[str, Any] = {"embedding_dim": self.embedding_dim, "init_std": self.init_std}
         return {**out, "biases": True} if self.biases else out
+
+    matrix_scoring = True
 
     def _bias(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.user_bias(users)[..., 0] + self.item_bias(items)[..., 0] + self.global_bias

@@ -8,11 +8,12 @@ almost every item) are finished from their explicit complement, which is rare an
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from torchcf.data.interactions import Interactions
 from torchcf.errors import DataError
 
-__all__ = ["sample_negatives", "sample_unseen_candidates"]
+__all__ = ["sample_negatives", "sample_negatives_torch", "sample_unseen_candidates"]
 
 
 def _unseen_counts(known: Interactions, users: np.ndarray) -> np.ndarray:
@@ -38,7 +39,8 @@ def sample_negatives(
     """
     users = np.asarray(users, dtype=np.int64)
     flat_users = users.reshape(-1)
-    if flat_users.size and (_unseen_counts(known, np.unique(flat_users)) == 0).any():
+    present = np.flatnonzero(np.bincount(flat_users, minlength=known.num_users))
+    if flat_users.size and (_unseen_counts(known, present) == 0).any():
         raise DataError("a user has interacted with every item: no negative can be sampled")
     items = rng.integers(0, known.num_items, size=flat_users.shape, dtype=np.int64)
     bad = np.flatnonzero(known.contains(flat_users, items))
@@ -52,6 +54,38 @@ def sample_negatives(
             rows = bad[flat_users[bad] == user]
             items[rows] = rng.choice(_complement(known, int(user)), size=rows.size)
     return items.reshape(users.shape)
+
+
+def sample_negatives_torch(
+    known_keys: torch.Tensor,
+    users: torch.Tensor,
+    num_items: int,
+    generator: torch.Generator,
+    max_rounds: int = 50,
+) -> torch.Tensor:
+    """``sample_negatives`` with tensors, on the tensors' device (a GPU: no host round trip).
+
+    ``known_keys``: the sorted ``user * num_items + item`` keys of the known interactions
+    (``Interactions.pair_keys``). Rejection rounds run until no draw hits a known item; a user
+    who knows (almost) every item makes that take long, so after ``max_rounds`` it is an error.
+    """
+    device = users.device
+    items = torch.randint(num_items, users.shape, generator=generator, device=device)
+    if len(known_keys) == 0:
+        return items
+    last = len(known_keys) - 1
+
+    def known(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        keys = u * num_items + i
+        return known_keys[torch.searchsorted(known_keys, keys).clamp_(max=last)] == keys
+
+    bad = torch.nonzero(known(users, items)).squeeze(1)
+    for _ in range(max_rounds):
+        if len(bad) == 0:
+            return items
+        items[bad] = torch.randint(num_items, bad.shape, generator=generator, device=device)
+        bad = bad[known(users[bad], items[bad])]
+    raise DataError("a user has interacted with (almost) every item: no negative can be sampled")
 
 
 def _duplicate_mask(rows: np.ndarray) -> np.ndarray:

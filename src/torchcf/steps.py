@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
+from torchcf import native
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError
 from torchcf.losses import LOSSES
@@ -23,6 +24,7 @@ __all__ = [
     "AutogradStep",
     "DotProductAdamStep",
     "FlatAdamStep",
+    "NativeDotProductAdamStep",
     "TrainStep",
     "make_optimizer",
     "make_step",
@@ -44,6 +46,8 @@ class TrainStep(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def set_learning_rate(self, lr: float) -> None: ...
+
 
 def make_optimizer(params: Sequence[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``config.optimizer`` (fused kernels where torch has them)."""
@@ -53,7 +57,8 @@ def make_optimizer(params: Sequence[torch.Tensor], config: TrainConfig) -> torch
         return torch.optim.SGD(params, lr=lr, weight_decay=wd, fused=fused)
     if config.optimizer == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
-    return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused)
+    betas = (config.beta1, config.beta2)
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=wd, fused=fused)
 
 
 class AutogradStep:
@@ -74,7 +79,11 @@ class AutogradStep:
             sparse_ids = {id(m.weight) for m in embeddings}
             sparse = [p for p in params if id(p) in sparse_ids]
             dense = [p for p in params if id(p) not in sparse_ids]
-            self.optimizers = [torch.optim.SparseAdam(sparse, lr=config.learning_rate)]
+            self.optimizers = [
+                torch.optim.SparseAdam(
+                    sparse, lr=config.learning_rate, betas=(config.beta1, config.beta2)
+                )
+            ]
             if dense:
                 self.optimizers.append(make_optimizer(dense, config.replace(optimizer="adam")))
         else:
@@ -92,6 +101,11 @@ class AutogradStep:
         for optimizer in self.optimizers:
             optimizer.step()
         return logits.detach()
+
+    def set_learning_rate(self, lr: float) -> None:
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [o.state_dict() for o in self.optimizers]}
@@ -124,7 +138,7 @@ class FlatAdam:
             p.data = view  # the module now reads and writes the flat buffer
         self.lr = config.learning_rate
         self.weight_decay = config.weight_decay
-        self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
+        self.beta1, self.beta2, self.eps = config.beta1, config.beta2, 1e-8
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self.steps = torch.zeros((), dtype=torch.float32, device=self.flat.device)
@@ -158,6 +172,9 @@ class FlatAdam:
         bias2_sqrt = math.sqrt(1 - self.beta2**step)
         denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
         self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / bias1)
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.lr = lr
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -263,6 +280,83 @@ class DotProductAdamStep(FlatAdam):
         return logits
 
 
+class NativeDotProductAdamStep(DotProductAdamStep):
+    """``DotProductAdamStep`` as one compiled C++ kernel (``torchcf.native``) for many batches.
+
+    Same formula, same parameter buffers; a whole run of batches is one call (no per-op
+    dispatch, no Python per batch, the GIL released), with the dense Adam split over torch's
+    threads. Built on first use; ``make_step`` falls back to the tensor-op step without it.
+    The kernel keeps ``sqrt(exp_avg_sq)`` in ``exp_avg_sq`` (a square root less per parameter
+    and step); ``state_dict`` and ``load_state_dict`` speak Adam's usual moments.
+    """
+
+    def __init__(self, model: MF, config: TrainConfig, kernel: Any) -> None:
+        super().__init__(model, config)
+        if self.flat.device.type != "cpu":
+            raise ConfigError("the compiled MF/GMF kernel runs on the CPU")
+        self.kernel = kernel
+        self.batch_size = config.batch_size
+        self.num_rows = model.num_users + model.num_items
+        self.dim = model.embedding_dim
+
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return self.run(users, items, labels, batch_size=len(users))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["exp_avg_sq"] = state["exp_avg_sq"].square()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.exp_avg_sq.sqrt_()
+
+    def run(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int | None = None,
+        order: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Train on ``users[order], items[order], labels[order]`` (default order: as given) in
+        consecutive batches of ``batch_size`` (default: the config's), in one call.
+
+        Returns ``logits``, where ``logits[order[k]]`` is sample ``order[k]``'s logit before its
+        batch's update (a fresh tensor in the samples' own order unless given).
+        """
+        if order is None:
+            order = torch.arange(len(users))
+        if logits is None:
+            logits = torch.zeros(len(users))
+        self.kernel.dot_adam_batches(
+            self.flat,
+            self.grad,
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.steps,
+            users.contiguous(),
+            items.contiguous(),
+            labels.float().contiguous(),
+            order.contiguous(),
+            logits,
+            self.num_users,
+            self.num_rows,
+            self.dim,
+            self.has_head,
+            batch_size or self.batch_size,
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.weight_decay,
+        )
+        return logits
+
+
 def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     """The fastest exact step for ``model`` and ``config``.
 
@@ -279,5 +373,9 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     if config.step == "autograd" or not adam:
         return AutogradStep(model, config)
     if analytic_ok and isinstance(model, MF):
+        device = next(model.parameters()).device
+        kernel = native.load() if device.type == "cpu" else None
+        if kernel is not None:
+            return NativeDotProductAdamStep(model, config, kernel)
         return DotProductAdamStep(model, config)
     return FlatAdamStep(model, config)

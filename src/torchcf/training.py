@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ from torchcf.evaluation import hit_rate, holdout_ranks, ndcg
 from torchcf.io import atomic_path
 from torchcf.losses import LOSSES
 from torchcf.models import ScoringModel
-from torchcf.sampling import sample_negatives
+from torchcf.sampling import sample_negatives, sample_negatives_torch
 from torchcf.split import Split
 from torchcf.steps import make_step
 
 __all__ = ["EpochRecord", "FitResult", "Trainer", "resolve_device"]
+
+_BATCHES_PER_CALL = 256  # batches a compiled step runs per call (the progress bar's resolution)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,6 +126,9 @@ class Trainer:
         self._pos_users = torch.tensor(train.users, device=self.device)
         self._pos_items = torch.tensor(train.items, device=self.device)
         self._neg_users = np.repeat(train.users, config.num_negatives)
+        self._known_keys: torch.Tensor | None = None
+        if self.device.type != "cpu":  # sorted (user, item) keys for sampling on the device
+            self._known_keys = torch.as_tensor(train.pair_keys, device=self.device)
         self._candidates = {
             h.name: torch.as_tensor(h.candidates(), device=self.device)
             for h in (split.test, split.validation)
@@ -134,6 +140,8 @@ class Trainer:
         self.stop = False
         self._stale = 0
         self.evaluate_initial = evaluate_initial
+        self._pool: ThreadPoolExecutor | None = None
+        self._prefetch: tuple[int, Future[tuple[torch.Tensor, ...]]] | None = None
 
     # -- data --------------------------------------------------------------------------------
     def epoch_samples(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,27 +150,60 @@ class Trainer:
         With the BPR loss the rows are pairs instead: users ``(n, 1)``, items ``(n, 2)`` =
         (positive, fresh negative), one row per positive and negative; labels a placeholder.
         """
+        users, items, labels, order = self.epoch_draw(epoch)
+        return users[order], items[order], labels[order]
+
+    def epoch_draw(
+        self, epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One epoch's ``(users, items, labels)`` unshuffled, and the training ``order``
+        (a seeded permutation; this rank's share of it under ``torchrun``).
+
+        On a GPU the negatives are drawn on the device too (``sample_negatives_torch``), so an
+        epoch's data never leaves it.
+        """
         rng = np.random.default_rng([self.config.seed, epoch])
-        negatives = torch.as_tensor(
-            sample_negatives(self.split.train, self._neg_users, rng), device=self.device
-        )
-        neg_users = torch.as_tensor(self._neg_users, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        neg_users = self._pos_users.repeat_interleave(self.config.num_negatives)
+        if self._known_keys is None:
+            negatives = torch.from_numpy(sample_negatives(self.split.train, self._neg_users, rng))
+        else:
+            negatives = sample_negatives_torch(
+                self._known_keys, neg_users, self.split.train.num_items, gen
+            )
         if self.config.loss == "bpr":
             positives = self._pos_items.repeat_interleave(self.config.num_negatives)
             users, items = neg_users[:, None], torch.stack([positives, negatives], dim=1)
             labels = torch.zeros(len(users), device=self.device)
         else:
-            n_pos, n_neg = len(self._pos_users), len(negatives)
             users = torch.cat([self._pos_users, neg_users])
             items = torch.cat([self._pos_items, negatives])
-            labels = torch.cat(
-                [torch.ones(n_pos, device=self.device), torch.zeros(n_neg, device=self.device)]
-            )
-        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        perm = torch.randperm(len(users), generator=gen).to(self.device)
+            labels = torch.zeros(len(users), device=self.device)
+            labels[: len(self._pos_users)] = 1.0
+        order = torch.randperm(len(users), generator=gen, device=self.device)
         if self.world_size > 1:
-            perm = perm[self.rank :: self.world_size]
-        return users[perm], items[perm], labels[perm]
+            order = order[self.rank :: self.world_size]
+        return users, items, labels, order
+
+    def _draw(self, epoch: int) -> tuple[torch.Tensor, ...]:
+        """``epoch_draw``, from the background thread when it was prefetched."""
+        if self._prefetch is not None and self._prefetch[0] == epoch:
+            samples = self._prefetch[1].result()
+        else:
+            samples = self.epoch_draw(epoch)
+        self._prefetch = None
+        if self.config.prefetch and epoch < self.config.epochs:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="torchcf-samples")
+            self._prefetch = (epoch + 1, self._pool.submit(self.epoch_draw, epoch + 1))
+        return samples
+
+    def close(self) -> None:
+        """Stop the background sampler (``fit`` does this when it returns)."""
+        self._prefetch = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     # -- one epoch ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
@@ -172,34 +213,51 @@ class Trainer:
             assert isinstance(self.model, FittedModel)
             with torch.no_grad():
                 return self.model.fit_epoch(self.split.train, epoch)
-        users, items, labels = self.epoch_samples(epoch)
+        users, items, labels, order = self._draw(epoch)
+        self.step.set_learning_rate(self.config.epoch_learning_rate(epoch))
         self.model.train()
+        total = len(order)
+        if self.progress is not None:
+            self.progress(epoch, 0, total)  # an epoch starts
+        run = getattr(self.step, "run", None)
+        if run is not None:
+            # a compiled kernel: many batches a call (progress per call), shuffled by ``order``
+            logits = torch.zeros(len(users))
+            for part in order.split(self.config.batch_size * _BATCHES_PER_CALL):
+                run(users, items, labels, order=part, logits=logits)
+                if self.progress is not None:
+                    self.progress(epoch, len(part), total)
+            if self.world_size > 1:
+                logits, labels = logits[order], labels[order]
+        else:
+            logits, labels = self._step_batches(epoch, users[order], items[order], labels[order])
+        mean = float(LOSSES[self.config.loss](logits.double(), labels.double())) if total else 0.0
+        if not math.isfinite(mean):
+            raise TorchcfError(
+                f"training diverged at epoch {epoch} (loss {mean}); try a lower --lr"
+            )
+        return mean
+
+    def _step_batches(
+        self, epoch: int, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step on each batch of the shuffled epoch; returns (logits, labels)."""
         size = self.config.batch_size
         logits = []
         batches = zip(users.split(size), items.split(size), labels.split(size), strict=True)
         # dropout draws from torch's global generator (modules take none): seed it per epoch
         # inside a fork, so runs and resumed runs repeat and the caller's RNG is left untouched
         devices = [self.device] if self.device.type == "cuda" else []
-        if self.progress is not None:
-            self.progress(epoch, 0, len(users))  # an epoch starts
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(
                 int(np.random.default_rng([self.config.seed, epoch, 1]).integers(2**62))
             )
+            assert self.step is not None
             for batch_users, batch_items, batch_labels in batches:
                 logits.append(self.step(batch_users, batch_items, batch_labels))
                 if self.progress is not None:
                     self.progress(epoch, len(batch_users), len(users))
-        mean = (
-            float(LOSSES[self.config.loss](torch.cat(logits).double(), labels.double()))
-            if logits
-            else 0.0
-        )
-        if not math.isfinite(mean):
-            raise TorchcfError(
-                f"training diverged at epoch {epoch} (loss {mean}); try a lower --lr"
-            )
-        return mean
+        return (torch.cat(logits) if logits else torch.zeros(0)), labels
 
     def evaluate(self) -> dict[str, tuple[float, float]]:
         """(HR@k, NDCG@k) on each holdout."""
@@ -233,6 +291,12 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train the remaining epochs; with ``evaluate_initial``, epoch 0 is the untrained model
         (for a pretrained NeuMF: the α-mix of its parts), which selection may also pick."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> FitResult:
         selection = self.selection
         if self.evaluate_initial and not self.history:
             self._accept(self._record(0, math.nan, 0.0), selection)
