@@ -165,3 +165,38 @@ def test_progress_reports_each_epoch_start_and_every_sample():
         mine = [c for c in calls if c[0] == epoch]
         assert mine[0] == (epoch, 0, total)
         assert sum(n for _, n, _ in mine) == total and all(t == total for *_, t in mine)
+
+
+def _history(fit):
+    return [(r.loss, r.test_hr, r.test_ndcg, r.val_hr) for r in fit.history]
+
+
+def test_prefetch_changes_no_result():
+    """The background sampler draws exactly the epochs the trainer would draw itself."""
+    runs = []
+    for prefetch in (False, True):
+        model, split, config = _setup(epochs=3, prefetch=prefetch)
+        runs.append(_history(Trainer(model, split, config).fit()))
+    assert runs[0] == runs[1]
+
+
+def test_cosine_schedule_decays_the_learning_rate():
+    config = TrainConfig(learning_rate=0.02, epochs=4, lr_schedule="cosine")
+    rates = [config.epoch_learning_rate(e) for e in range(1, 5)]
+    assert rates[0] == pytest.approx(0.02) and rates == sorted(rates, reverse=True)
+    assert rates[-1] == pytest.approx(0.02 * 0.5 * (1 + np.cos(np.pi * 3 / 4)))
+    assert TrainConfig(learning_rate=0.02).epoch_learning_rate(3) == 0.02
+    model, split, config = _setup(epochs=2, lr_schedule="cosine", step="autograd")
+    trainer = Trainer(model, split, config)
+    trainer.fit()
+    assert trainer.step.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("step", ["auto", "autograd"])
+def test_epoch_loss_is_the_mean_bce_of_the_epoch(step):
+    """The compiled kernel sums the loss itself; it must equal the mean BCE the slow path gets."""
+    losses = []
+    for s in (step, "autograd"):
+        model, split, config = _setup(epochs=1, step=s)
+        losses.append(Trainer(model, split, config).train_epoch(1))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

@@ -97,6 +97,19 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         help=f"learning rate (default {d.learning_rate}; NeuMF fine-tuning after --pretrain: "
         f"{FINETUNE_DEFAULTS['learning_rate']})",
     )
+    g.add_argument("--beta1", type=float, help=f"Adam's β₁ (default {d.beta1})")
+    g.add_argument("--beta2", type=float, help=f"Adam's β₂ (default {d.beta2})")
+    g.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        help="constant (default) or cosine decay over the epochs",
+    )
+    g.add_argument(
+        "--prefetch",
+        action="store_true",
+        default=None,
+        help="draw the next epoch's samples in the background (pays off at large batches)",
+    )
     g.add_argument(
         "--optimizer",
         default=None,
@@ -201,6 +214,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from torchcf import __version__
+    from torchcf.config import FAST_DEFAULTS
     from torchcf.registry import MODELS
 
     parser = _Parser(prog="torchcf", description="Collaborative filtering from implicit feedback.")
@@ -215,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="gmf", choices=sorted(MODELS), help="default gmf")
     _add_data_flags(train)
     _add_train_flags(train)
+    train.add_argument(
+        "--fast",
+        action="store_true",
+        help="mf/gmf: the fast recipe, "
+        + "; ".join(
+            f"{m}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+            for m, values in FAST_DEFAULTS.items()
+        )
+        + " (flags given explicitly win)",
+    )
     p = train.add_argument_group("NeuMF pretraining")
     p.add_argument(
         "--pretrain",
@@ -388,7 +412,7 @@ def _config(args: argparse.Namespace, model: str, finetune: bool = False) -> Tra
     """The training config of the flags on top of the model's recipe."""
     from torchcf.config import recipe
 
-    return recipe(model, _overrides(args), finetune=finetune)
+    return recipe(model, _overrides(args), finetune=finetune, fast=getattr(args, "fast", False))
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -9,7 +9,14 @@ from typing import Any
 
 from torchcf.errors import ConfigError
 
-__all__ = ["FINETUNE_DEFAULTS", "MODEL_DEFAULTS", "OPTIMIZERS", "TrainConfig", "recipe"]
+__all__ = [
+    "FAST_DEFAULTS",
+    "FINETUNE_DEFAULTS",
+    "MODEL_DEFAULTS",
+    "OPTIMIZERS",
+    "TrainConfig",
+    "recipe",
+]
 
 OPTIMIZERS = ("adam", "lazy-adam", "sgd", "adagrad")
 
@@ -136,14 +143,43 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 }
 
 
+# The fast mode (``--fast``): large batches with a learning-rate recipe tuned on the validation
+# holdout of the ML-1M NCF split (benchmarks/RESULTS.md): batch 16384 (300 steps an epoch instead
+# of 19,400), Adam with shorter memories (β 0.8/0.95), a cosine decay over 12 epochs, 5 negatives
+# per positive, the next epoch's samples drawn in the background. It reaches the seed's quality
+# (HR@10 ≈ 0.70) in about a tenth of a second of training per epoch.
+FAST_DEFAULTS: dict[str, dict[str, Any]] = {
+    model: {
+        "batch_size": 16384,
+        "learning_rate": learning_rate,
+        "beta1": 0.8,
+        "beta2": 0.95,
+        "lr_schedule": "cosine",
+        "epochs": 12,
+        "num_negatives": 5,
+        "prefetch": True,
+    }
+    for model, learning_rate in (("gmf", 0.03), ("mf", 0.01))
+}
+
+
 def recipe(
-    model: str, overrides: dict[str, Any] | None = None, finetune: bool = False
+    model: str,
+    overrides: dict[str, Any] | None = None,
+    finetune: bool = False,
+    fast: bool = False,
 ) -> TrainConfig:
     """The config of ``model``: the seed's settings, the model's own defaults, NeuMF fine-tuning
-    defaults when ``finetune``, then ``overrides`` (what the user set explicitly) on top."""
+    defaults when ``finetune``, the fast mode's when ``fast``, then ``overrides`` (what the user
+    set explicitly) on top."""
+    if fast and model not in FAST_DEFAULTS:
+        raise ConfigError(
+            f"the fast mode has a recipe for {' and '.join(FAST_DEFAULTS)}, not {model}"
+        )
     settings = {
         **MODEL_DEFAULTS.get(model, {}),
         **(FINETUNE_DEFAULTS if finetune else {}),
+        **(FAST_DEFAULTS[model] if fast else {}),
         **(overrides or {}),
     }
     settings.pop("model", None)

@@ -302,7 +302,9 @@ class NativeDotProductAdamStep(DotProductAdamStep):
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        return self.run(users, items, labels, batch_size=len(users))
+        logits = torch.empty(len(users))
+        self.run(users, items, labels, batch_size=len(users), logits=logits)
+        return logits
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -321,18 +323,17 @@ class NativeDotProductAdamStep(DotProductAdamStep):
         batch_size: int | None = None,
         order: torch.Tensor | None = None,
         logits: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> float:
         """Train on ``users[order], items[order], labels[order]`` (default order: as given) in
         consecutive batches of ``batch_size`` (default: the config's), in one call.
 
-        Returns ``logits``, where ``logits[order[k]]`` is sample ``order[k]``'s logit before its
-        batch's update (a fresh tensor in the samples' own order unless given).
+        Returns the summed BCE loss of these samples, each taken before its batch's update;
+        with ``logits`` (one per sample) given, ``logits[order[k]]`` receives sample
+        ``order[k]``'s logit.
         """
         if order is None:
             order = torch.arange(len(users))
-        if logits is None:
-            logits = torch.zeros(len(users))
-        self.kernel.dot_adam_batches(
+        return self.kernel.dot_adam_batches(
             self.flat,
             self.grad,
             self.exp_avg,
@@ -342,7 +343,7 @@ class NativeDotProductAdamStep(DotProductAdamStep):
             items.contiguous(),
             labels.float().contiguous(),
             order.contiguous(),
-            logits,
+            torch.empty(0) if logits is None else logits,
             self.num_users,
             self.num_rows,
             self.dim,
@@ -354,7 +355,6 @@ class NativeDotProductAdamStep(DotProductAdamStep):
             self.eps,
             self.weight_decay,
         )
-        return logits
 
 
 def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:

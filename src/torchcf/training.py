@@ -221,17 +221,18 @@ class Trainer:
             self.progress(epoch, 0, total)  # an epoch starts
         run = getattr(self.step, "run", None)
         if run is not None:
-            # a compiled kernel: many batches a call (progress per call), shuffled by ``order``
-            logits = torch.zeros(len(users))
+            # a compiled kernel: many batches a call (progress per call), shuffled by ``order``,
+            # and the loss summed as it goes
+            loss = 0.0
             for part in order.split(self.config.batch_size * _BATCHES_PER_CALL):
-                run(users, items, labels, order=part, logits=logits)
+                loss += run(users, items, labels, order=part)
                 if self.progress is not None:
                     self.progress(epoch, len(part), total)
-            if self.world_size > 1:
-                logits, labels = logits[order], labels[order]
+            mean = loss / total if total else 0.0
         else:
             logits, labels = self._step_batches(epoch, users[order], items[order], labels[order])
-        mean = float(LOSSES[self.config.loss](logits.double(), labels.double())) if total else 0.0
+            mean = LOSSES[self.config.loss](logits.double(), labels.double()) if total else 0.0
+        mean = float(mean)
         if not math.isfinite(mean):
             raise TorchcfError(
                 f"training diverged at epoch {epoch} (loss {mean}); try a lower --lr"

@@ -34,6 +34,8 @@ void check(const torch::Tensor& t, c10::ScalarType dtype, const char* name) {
 }
 
 // 1 - beta is computed in double: in float, 1 - 0.999f is off by 1.3e-5 relative
+constexpr int64_t kBlock = 2048;  // samples per block of the forward pass
+
 struct AdamCoefficients {
   float step_size, inv_bias2_sqrt, one_minus_beta1, beta2, one_minus_beta2, sqrt_beta2, eps,
       weight_decay;
@@ -75,8 +77,9 @@ inline void adam_decay(float* p, float* m, float* s, int64_t n, const AdamCoeffi
 // `exp_avg_sqrt` holds sqrt(exp_avg_sq) (torchcf.steps.NativeDotProductAdamStep converts).
 // The samples, in training order, are users[order[k]], items[order[k]], labels[order[k]] for
 // k = 0 .. order.numel() - 1; each one's logit (before its batch's update) goes to
-// logits[order[k]]. So an epoch is shuffled by passing a permutation, without gathering copies.
-void dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_avg,
+// logits[order[k]] (unless logits is empty). So an epoch is shuffled by passing a permutation,
+// without gathering copies. Returns the summed BCE loss of the samples (before their updates).
+double dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_avg,
                       torch::Tensor exp_avg_sqrt, torch::Tensor steps, torch::Tensor users,
                       torch::Tensor items, torch::Tensor labels, torch::Tensor order,
                       torch::Tensor logits, int64_t num_users, int64_t num_rows, int64_t dim,
@@ -89,8 +92,10 @@ void dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_
   check(items, torch::kInt64, "items");
   check(order, torch::kInt64, "order");
   const int64_t samples = users.numel();
-  TORCH_CHECK(items.numel() == samples && labels.numel() == samples && logits.numel() == samples,
-              "users, items, labels and logits differ in length");
+  TORCH_CHECK(items.numel() == samples && labels.numel() == samples,
+              "users, items and labels differ in length");
+  const bool want_logits = logits.numel() > 0;
+  TORCH_CHECK(!want_logits || logits.numel() == samples, "logits: one per sample, or none");
   const int64_t total = order.numel();
   const int64_t numel = flat.numel();
   const int64_t table_numel = num_rows * dim;
@@ -111,7 +116,9 @@ void dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_
   // gather the run's samples first: one tight loop of independent loads, instead of three
   // cache misses per sample inside the training loop
   std::vector<int64_t> su(total), si(total);
-  std::vector<float> sy(total), sz(total), sg(total);
+  std::vector<float> sy(total), sz(total), sg(total), partial;
+  std::vector<double> block_loss;
+  double loss_sum = 0.0;
   for (int64_t k = 0; k < total; ++k) {
     TORCH_CHECK(O[k] >= 0 && O[k] < samples, "order index out of range");
   }
@@ -133,24 +140,52 @@ void dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_
   TORCHCF_FLUSH_DENORMALS();
   for (int64_t start = 0; start < total; start += batch_size) {
     const int64_t n = std::min(batch_size, total - start);
-    // forward and the per-sample gradient scale (independent samples: in parallel when large)
+    // forward, the per-sample gradient scale, the loss and the head's gradient, in fixed
+    // blocks of samples (in parallel when the batch is large); the blocks' partial sums are
+    // added in block order, so results do not depend on the number of threads
     const float inv_n = 1.0f / static_cast<float>(n);
-    at::parallel_for(start, start + n, 2048, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        const float* pu = P + su[k] * dim;
-        const float* qi = P + (num_users + si[k]) * dim;
-        float z = has_head ? h[dim] : 0.0f;
-        if (has_head) {
+    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    partial.assign(blocks * (dim + 1), 0.0f);
+    block_loss.assign(blocks, 0.0);
+    at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+      for (int64_t block = block_begin; block < block_end; ++block) {
+        float* gh = partial.data() + block * (dim + 1);
+        double loss = 0.0;
+        const int64_t first = start + block * kBlock;
+        const int64_t last = std::min(first + kBlock, start + n);
+        for (int64_t k = first; k < last; ++k) {
+          const float* pu = P + su[k] * dim;
+          const float* qi = P + (num_users + si[k]) * dim;
+          float z = has_head ? h[dim] : 0.0f;
+          if (has_head) {
 #pragma omp simd reduction(+ : z)
-          for (int64_t d = 0; d < dim; ++d) z += h[d] * pu[d] * qi[d];
-        } else {
+            for (int64_t d = 0; d < dim; ++d) z += h[d] * pu[d] * qi[d];
+          } else {
 #pragma omp simd reduction(+ : z)
-          for (int64_t d = 0; d < dim; ++d) z += pu[d] * qi[d];
+            for (int64_t d = 0; d < dim; ++d) z += pu[d] * qi[d];
+          }
+          sz[k] = z;
+          const float e = std::exp(-std::abs(z));  // BCE on logits, stable: softplus(z) - y z
+          const float sigmoid = z >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+          loss += std::max(z, 0.0f) - sy[k] * z + std::log1p(e);
+          const float g = (sigmoid - sy[k]) * inv_n;
+          sg[k] = g;
+          if (has_head) {
+#pragma omp simd
+            for (int64_t d = 0; d < dim; ++d) gh[d] += g * pu[d] * qi[d];
+            gh[dim] += g;
+          }
         }
-        sz[k] = z;
-        sg[k] = (1.0f / (1.0f + std::exp(-z)) - sy[k]) * inv_n;
+        block_loss[block] = loss;
       }
     });
+    for (int64_t block = 0; block < blocks; ++block) {
+      loss_sum += block_loss[block];
+      if (has_head) {
+        const float* gh = partial.data() + block * (dim + 1);
+        for (int64_t d = 0; d <= dim; ++d) head_grad[d] += gh[d];
+      }
+    }
     // gradients: each row's sum over its samples (rows split between threads, no two threads
     // write one row; samples are visited in batch order, so sums do not depend on the threads)
     const int64_t parts = n >= 2048 ? at::get_num_threads() : 1;
@@ -179,16 +214,6 @@ void dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_
         }
       }
     });
-    if (has_head) {
-      for (int64_t k = start; k < start + n; ++k) {
-        const float* pu = P + su[k] * dim;
-        const float* qi = P + (num_users + si[k]) * dim;
-        const float g = sg[k];
-#pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) head_grad[d] += g * pu[d] * qi[d];
-        head_grad[dim] += g;
-      }
-    }
     step += 1.0;
     const double bias1 = 1.0 - std::pow(beta1, step);
     const double bias2 = 1.0 - std::pow(beta2, step);
@@ -217,10 +242,13 @@ void dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_
     if (has_head) adam_full(P + table_numel, G + table_numel, M + table_numel,
                             S + table_numel, dim + 1, c);
   }
-  at::parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) Z[O[k]] = sz[k];  // a permutation: no two alike
-  });
+  if (want_logits) {
+    at::parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) Z[O[k]] = sz[k];  // a permutation: no two alike
+    });
+  }
   steps.fill_(step);
+  return loss_sum;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
