@@ -65,6 +65,11 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _switch(group: argparse._ArgumentGroup, flag: str, help: str) -> None:
+    """An on/off TrainConfig flag whose parsed default is None ("not given")."""
+    group.add_argument(flag, action="store_true", default=None, help=help)
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """The TrainConfig flags. Their parsed default is None ("not given"): each model's recipe
     (``config.recipe``) fills what the user left out; the help shows the seed's defaults."""
@@ -104,12 +109,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         choices=["constant", "cosine"],
         help="constant (default) or cosine decay over the epochs",
     )
-    g.add_argument(
-        "--prefetch",
-        action="store_true",
-        default=None,
-        help="draw the next epoch's samples in the background (pays off at large batches)",
-    )
+    _switch(g, "--prefetch", "draw the next epoch's samples in the background (large batches)")
     g.add_argument(
         "--optimizer",
         default=None,
@@ -129,12 +129,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--weight-decay", type=float, default=d.weight_decay, help="L2 penalty (default 0)"
     )
-    g.add_argument(
-        "--biases",
-        action="store_true",
-        default=None,
-        help="mf/bpr: add user, item and global biases",
-    )
+    _switch(g, "--biases", "mf/bpr: add user, item and global biases")
     g.add_argument(
         "--loss",
         choices=["bce", "bpr"],

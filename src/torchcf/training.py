@@ -231,8 +231,9 @@ class Trainer:
             mean = loss / total if total else 0.0
         else:
             logits, labels = self._step_batches(epoch, users[order], items[order], labels[order])
-            mean = LOSSES[self.config.loss](logits.double(), labels.double()) if total else 0.0
-        mean = float(mean)
+            mean = (
+                float(LOSSES[self.config.loss](logits.double(), labels.double())) if total else 0.0
+            )
         if not math.isfinite(mean):
             raise TorchcfError(
                 f"training diverged at epoch {epoch} (loss {mean}); try a lower --lr"
