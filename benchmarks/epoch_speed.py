@@ -1,13 +1,18 @@
-"""One epoch of the seed write-up's pipeline next to one torchcf epoch, same data, same process.
+"""Epochs of the seed write-up's pipeline next to torchcf's modes, same data, same process.
 
 The seed-style reference is written here to mirror the write-up's code: negatives drawn in a
 Python loop (4 per positive, re-drawn while the pair is a training positive), a per-sample
 ``Dataset`` and ``DataLoader(batch_size=256, shuffle=True)``, the model returning sigmoid
-probabilities with ``nn.BCELoss``, default ``torch.optim.Adam``, and a per-user evaluation loop.
+probabilities with ``nn.BCELoss``, default ``torch.optim.Adam``, and a per-user evaluation loop;
+MLP and NeuMF as the common public PyTorch NCF code writes them, in the same pipeline.
 
-    python benchmarks/epoch_speed.py --data ../shared/data/ml-1m/ncf [--models gmf,mf]
+torchcf's exact mode is the seed's semantics (batch 256, dense Adam, 4 negatives); its fast mode
+is ``torchcf train --fast`` (``config.FAST_DEFAULTS``), also run whole (load, split, train,
+evaluate) and compared with 20 seed-style epochs.
 
-Prints seconds per epoch (training, evaluation, negatives), samples/s, and the ratio.
+    python benchmarks/epoch_speed.py --data ../shared/data/ml-1m/ncf [--models mf,gmf,mlp,neumf]
+
+Prints seconds per epoch (negatives, training, evaluation), samples/s and the ratios.
 """
 
 from __future__ import annotations
@@ -23,15 +28,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from torchcf.config import TrainConfig
+from torchcf.config import FAST_DEFAULTS, TrainConfig, recipe
 from torchcf.data.loaders import find_ncf_files, load_ncf_files
-from torchcf.registry import build_model
+from torchcf.registry import build_model, model_kwargs
 from torchcf.split import ncf_split
 from torchcf.training import Trainer
 
 
 # --- the seed-style reference ------------------------------------------------------------------
 class SeedGMF(nn.Module):
+    """The write-up's GMF / MF (MF: no head), returning sigmoid probabilities for BCELoss."""
+
     def __init__(
         self, num_users: int, num_items: int, factors: int = 32, head: bool = True
     ) -> None:
@@ -46,6 +53,43 @@ class SeedGMF(nn.Module):
         x = self.user(user) * self.item(item)
         logits = self.head(x).squeeze(-1) if self.head is not None else x.sum(-1)
         return torch.sigmoid(logits)
+
+
+class SeedNCF(nn.Module):
+    """MLP and NeuMF as the common public PyTorch NCF code writes them (a GMF and an MLP branch
+    of embeddings, Dropout/Linear/ReLU layers halving the width, one predict layer), returning
+    sigmoid probabilities for BCELoss like the write-up's models."""
+
+    def __init__(self, num_users, num_items, factors=32, layers=3, neumf=False) -> None:
+        super().__init__()
+        self.neumf = neumf
+        width = factors * 2 ** (layers - 1)
+        self.user_mlp = nn.Embedding(num_users, width)
+        self.item_mlp = nn.Embedding(num_items, width)
+        modules = []
+        for level in range(layers):
+            size = factors * 2 ** (layers - level)
+            modules += [nn.Dropout(0.0), nn.Linear(size, size // 2), nn.ReLU()]
+        self.mlp = nn.Sequential(*modules)
+        if neumf:
+            self.user_gmf = nn.Embedding(num_users, factors)
+            self.item_gmf = nn.Embedding(num_items, factors)
+        self.predict = nn.Linear(2 * factors if neumf else factors, 1)
+        for embedding in self.modules():
+            if isinstance(embedding, nn.Embedding):
+                nn.init.normal_(embedding.weight, std=0.01)
+
+    def forward(self, user, item):
+        x = self.mlp(torch.cat([self.user_mlp(user), self.item_mlp(item)], dim=-1))
+        if self.neumf:
+            x = torch.cat([self.user_gmf(user) * self.item_gmf(item), x], dim=-1)
+        return torch.sigmoid(self.predict(x).squeeze(-1))
+
+
+def seed_model(name: str, num_users: int, num_items: int) -> nn.Module:
+    if name in ("mf", "gmf"):
+        return SeedGMF(num_users, num_items, head=name == "gmf")
+    return SeedNCF(num_users, num_items, neumf=name == "neumf")
 
 
 class SeedDataset(Dataset):
@@ -97,7 +141,7 @@ def seed_epoch(split, model_name: str, fraction: float) -> dict[str, float]:
     users, items, labels = seed_negatives(train.users, train.items, train.num_items)
     t1 = time.perf_counter()
     loader = DataLoader(SeedDataset(users, items, labels), batch_size=256, shuffle=True)
-    model = SeedGMF(train.num_users, train.num_items, head=model_name == "gmf")
+    model = seed_model(model_name, train.num_users, train.num_items)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
     criterion = nn.BCELoss()
     steps = math.ceil(len(loader) * fraction)
@@ -124,12 +168,18 @@ def seed_epoch(split, model_name: str, fraction: float) -> dict[str, float]:
     }
 
 
-def torchcf_epoch(split, model_name: str) -> dict[str, float]:
-    config = TrainConfig(model=model_name, epochs=1)
-    model = build_model(model_name, split.num_users, split.num_items, seed=0)
-    trainer = Trainer(model, split, config)
+def torchcf_epoch(split, config: TrainConfig) -> dict[str, float]:
+    """One epoch (sampling, training, evaluation) of torchcf with ``config``, timed."""
+    model = build_model(
+        config.model,
+        split.num_users,
+        split.num_items,
+        seed=0,
+        **model_kwargs(config.model, config.to_dict()),
+    )
+    trainer = Trainer(model, split, config.replace(epochs=1, prefetch=False))
     t0 = time.perf_counter()
-    samples = trainer.epoch_samples(1)
+    samples = len(trainer.epoch_draw(1)[3])
     t1 = time.perf_counter()
     trainer.train_epoch(1)  # draws its own samples again: the whole epoch is timed below
     t2 = time.perf_counter()
@@ -140,15 +190,41 @@ def torchcf_epoch(split, model_name: str) -> dict[str, float]:
         "train_s": t2 - t1,
         "eval_s": t3 - t2,
         "epoch_s": (t2 - t1) + (t3 - t2),
-        "samples": len(samples[0]),
+        "samples": samples,
         "hr": metrics["test"][0],
     }
+
+
+def fast_run(data: str, model_name: str) -> dict[str, float]:
+    """The fast mode's whole run in this process: load, split, train, select, evaluate."""
+    t0 = time.perf_counter()
+    split = ncf_split(load_ncf_files(find_ncf_files(data)), validation=True)
+    config = recipe(model_name, fast=True)
+    model = build_model(
+        model_name, split.num_users, split.num_items, seed=0, **model_kwargs(model_name, {})
+    )
+    fit = Trainer(model, split, config).fit()
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "epochs": config.epochs,
+        "selected": fit.selected.epoch,
+        "hr": fit.selected.test_hr,
+        "ndcg": fit.selected.test_ndcg,
+    }
+
+
+def _row(name: str, label: str, r: dict[str, float]) -> str:
+    return (
+        f"{name:<6} {label:<16} {r['negatives_s']:>8.2f}s {r['train_s']:>7.2f}s "
+        f"{r['eval_s']:>6.2f}s {r['epoch_s']:>7.2f}s "
+        f"{r['samples'] / r['train_s']:>11,.0f}  {r['hr']:.4f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="an NCF split directory (ml-1m/ncf)")
-    parser.add_argument("--models", default="gmf,mf")
+    parser.add_argument("--models", default="mf,gmf,mlp,neumf")
     parser.add_argument(
         "--repeats",
         type=int,
@@ -159,8 +235,15 @@ def main() -> None:
         "--reference-fraction",
         type=float,
         default=1.0,
-        help="train the reference on this share of its epoch and extrapolate (1 = whole epoch)",
+        help="train the MF/GMF reference on this share of its epoch and extrapolate",
     )
+    parser.add_argument(
+        "--tower-fraction",
+        type=float,
+        default=0.2,
+        help="the same for the MLP/NeuMF references (their epochs take minutes)",
+    )
+    parser.add_argument("--no-fast-run", action="store_true", help="skip the fast whole runs")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     split = ncf_split(load_ncf_files(find_ncf_files(args.data)), validation=False)
@@ -170,30 +253,46 @@ def main() -> None:
         f"{len(split.test)} test users"
     )
     random.seed(0)
-    header = (
-        f"{'model':<6} {'pipeline':<12} {'negatives':>9} {'train':>8} {'eval':>7} {'epoch':>8} "
+    print(
+        f"{'model':<6} {'pipeline':<16} {'negatives':>9} {'train':>8} {'eval':>7} {'epoch':>8} "
         f"{'samples/s':>11}  HR@10"
     )
-    print(header)
+    seed_epochs = {}
     for name in args.models.split(","):
-        refs, ourss = [], []
-        for _ in range(args.repeats):  # alternate, so both see the same machine load
-            refs.append(seed_epoch(split, name, args.reference_fraction))
-            ourss.append(torchcf_epoch(split, name))
+        tower = name in ("mlp", "neumf")
+        fraction = args.tower_fraction if tower else args.reference_fraction
+        exact = TrainConfig(model=name, batch_size=256)  # the seed's settings, no dropout
+        refs, ours = [], []
+        for _ in range(1 if tower else args.repeats):  # alternate: both see the same load
+            refs.append(seed_epoch(split, name, fraction))
+            ours.append(torchcf_epoch(split, exact))
         ref = min(refs, key=lambda r: r["epoch_s"])
-        ours = min(ourss, key=lambda r: r["epoch_s"])
+        mine = min(ours, key=lambda r: r["epoch_s"])
+        seed_epochs[name] = ref["epoch_s"]
         all_ref = ", ".join(f"{r['epoch_s']:.2f}" for r in refs)
-        all_ours = ", ".join(f"{r['epoch_s']:.2f}" for r in ourss)
-        print(f"{name:<6} all epochs (s): seed-style {all_ref}; torchcf {all_ours}")
-        for label, r in (("seed-style", ref), ("torchcf", ours)):
-            print(
-                f"{name:<6} {label:<12} {r['negatives_s']:>8.2f}s {r['train_s']:>7.2f}s "
-                f"{r['eval_s']:>6.2f}s {r['epoch_s']:>7.2f}s "
-                f"{r['samples'] / r['train_s']:>11,.0f}  {r['hr']:.4f}"
-            )
+        all_ours = ", ".join(f"{r['epoch_s']:.2f}" for r in ours)
+        print(f"{name:<6} all epochs (s): seed-style {all_ref}; torchcf exact {all_ours}")
+        print(_row(name, "seed-style", ref))
+        print(_row(name, "torchcf exact", mine))
+        note = f" (reference extrapolated from {fraction:.0%} of its epoch)" if fraction < 1 else ""
         print(
-            f"{name:<6} ratio of the fastest epochs (negatives + training + evaluation): "
-            f"{ref['epoch_s'] / ours['epoch_s']:.1f}x"
+            f"{name:<6} ratio, exact mode (batch 256, dense Adam): "
+            f"{ref['epoch_s'] / mine['epoch_s']:.1f}x{note}"
+        )
+        if name in FAST_DEFAULTS:
+            fast = torchcf_epoch(split, recipe(name, fast=True))
+            print(_row(name, "torchcf fast", fast))
+            print(f"{name:<6} ratio, fast mode epoch: {ref['epoch_s'] / fast['epoch_s']:.1f}x")
+    if args.no_fast_run:
+        return
+    for name in (m for m in args.models.split(",") if m in FAST_DEFAULTS):
+        run = fast_run(args.data, name)
+        reference = 20 * seed_epochs[name]
+        print(
+            f"{name:<6} fast run (load, split, {run['epochs']} epochs, evaluation): "
+            f"{run['wall_s']:.1f}s, selected epoch {run['selected']}: test HR@10 {run['hr']:.4f} "
+            f"NDCG@10 {run['ndcg']:.4f}; seed-style 20 epochs (20 x its epoch): "
+            f"{reference:.0f}s -> {reference / run['wall_s']:.0f}x"
         )
 
 

@@ -200,3 +200,28 @@ def test_epoch_loss_is_the_mean_bce_of_the_epoch(step):
         model, split, config = _setup(epochs=1, step=s)
         losses.append(Trainer(model, split, config).train_epoch(1))
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("step", ["auto", "autograd"])
+def test_large_epochs_are_drawn_in_parts(monkeypatch, step):
+    """Past _CHUNK_SAMPLES an epoch comes in parts: every positive once, exact negatives."""
+    import torchcf.training as training
+
+    monkeypatch.setattr(training, "_CHUNK_SAMPLES", 500)
+    model, split, config = _setup(epochs=2, num_negatives=3, step=step)
+    trainer = Trainer(model, split, config)
+    parts = list(trainer.epoch_parts(1))
+    assert trainer._parts() == len(parts) > 1
+    positives = []
+    for users, items, labels, order in parts:
+        assert len(users) <= 500 and sorted(order.tolist()) == list(range(len(users)))
+        neg = labels == 0
+        assert int((~neg).sum()) * 3 == int(neg.sum())
+        assert not split.train.contains(users[neg].numpy(), items[neg].numpy()).any()
+        positives += (users[~neg] * split.num_items + items[~neg]).tolist()
+    train = split.train
+    assert sorted(positives) == sorted((train.users * split.num_items + train.items).tolist())
+    again = [p[1] for p in trainer.epoch_parts(1)]
+    assert all(torch.equal(a, p[1]) for a, p in zip(again, parts, strict=True))
+    fit = trainer.fit()
+    assert np.isfinite(fit.history[-1].loss) and fit.history[-1].test_hr > 0

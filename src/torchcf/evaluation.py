@@ -192,7 +192,8 @@ def full_ranks(
     model.eval()
     num_items = model.num_items
     if batch_users is None:
-        batch_users = max(1, 2**24 // (num_items * max(1, getattr(model, "pair_width", 1))))
+        width = 1 if model.matrix_scoring else max(1, model.pair_width)
+        batch_users = max(1, 2**24 // (num_items * width))
     ranks, shown = [], []
     for s in range(0, len(holdout), batch_users):
         users = holdout.users[s : s + batch_users]

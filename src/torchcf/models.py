@@ -97,6 +97,7 @@ class MF(ScoringModel):
             raise ConfigError(f"embedding_dim must be positive, got {embedding_dim}")
         self.embedding_dim = embedding_dim
         self.init_std = init_std
+        self.pair_width = 3 * embedding_dim  # p_u, q_i and their product per scored pair
         self.user_embedding = nn.Embedding(num_users, embedding_dim)
         self.item_embedding = nn.Embedding(num_items, embedding_dim)
         _init_embedding(self.user_embedding.weight, init_std, generator)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from torchcf.steps import make_step
 __all__ = ["EpochRecord", "FitResult", "Trainer", "resolve_device"]
 
 _BATCHES_PER_CALL = 256  # batches a compiled step runs per call (the progress bar's resolution)
+_CHUNK_SAMPLES = 1 << 24  # an epoch with more samples is drawn in parts (bounded memory)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,7 +126,11 @@ class Trainer:
         train = split.train
         self._pos_users = torch.tensor(train.users, device=self.device)
         self._pos_items = torch.tensor(train.items, device=self.device)
-        self._neg_users = np.repeat(train.users, config.num_negatives)
+        # the negatives' users of a whole-epoch draw (drawn per part on large data instead)
+        samples = len(train) * (1 + config.num_negatives)
+        self._neg_users = (
+            np.repeat(train.users, config.num_negatives) if samples <= _CHUNK_SAMPLES else None
+        )
         self._known_keys: torch.Tensor | None = None
         if self.device.type != "cpu":  # sorted (user, item) keys for sampling on the device
             self._known_keys = torch.as_tensor(train.pair_keys, device=self.device)
@@ -141,7 +146,9 @@ class Trainer:
         self._stale = 0
         self.evaluate_initial = evaluate_initial
         self._pool: ThreadPoolExecutor | None = None
-        self._prefetch: tuple[int, Future[tuple[torch.Tensor, ...]]] | None = None
+        self._prefetch: (
+            tuple[int, Future[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] | None
+        ) = None
 
     # -- data --------------------------------------------------------------------------------
     def epoch_samples(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,38 +161,73 @@ class Trainer:
         return users[order], items[order], labels[order]
 
     def epoch_draw(
-        self, epoch: int
+        self, epoch: int, part: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One epoch's ``(users, items, labels)`` unshuffled, and the training ``order``
         (a seeded permutation; this rank's share of it under ``torchrun``).
 
+        An epoch of more than ``_CHUNK_SAMPLES`` samples is drawn in ``part``s: the positives in
+        a seeded random order, cut into chunks, each with its fresh negatives and its own
+        shuffle, so memory stays bounded on data sets like ML-20M (``epoch_parts``).
         On a GPU the negatives are drawn on the device too (``sample_negatives_torch``), so an
         epoch's data never leaves it.
         """
-        rng = np.random.default_rng([self.config.seed, epoch])
+        rng = np.random.default_rng([self.config.seed, epoch] + ([] if part is None else [part]))
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-        neg_users = self._pos_users.repeat_interleave(self.config.num_negatives)
+        k = self.config.num_negatives
+        if part is None:
+            pos_users, pos_items = self._pos_users, self._pos_items
+        else:
+            chosen = self._part_positions(epoch, part)
+            pos_users, pos_items = self._pos_users[chosen], self._pos_items[chosen]
+        neg_users = pos_users.repeat_interleave(k)
         if self._known_keys is None:
-            negatives = torch.from_numpy(sample_negatives(self.split.train, self._neg_users, rng))
+            neg_np = self._neg_users if self._neg_users is not None else neg_users.numpy()
+            negatives = torch.from_numpy(sample_negatives(self.split.train, neg_np, rng))
         else:
             negatives = sample_negatives_torch(
                 self._known_keys, neg_users, self.split.train.num_items, gen
             )
         if self.config.loss == "bpr":
-            positives = self._pos_items.repeat_interleave(self.config.num_negatives)
+            positives = pos_items.repeat_interleave(k)
             users, items = neg_users[:, None], torch.stack([positives, negatives], dim=1)
             labels = torch.zeros(len(users), device=self.device)
         else:
-            users = torch.cat([self._pos_users, neg_users])
-            items = torch.cat([self._pos_items, negatives])
+            users = torch.cat([pos_users, neg_users])
+            items = torch.cat([pos_items, negatives])
             labels = torch.zeros(len(users), device=self.device)
-            labels[: len(self._pos_users)] = 1.0
+            labels[: len(pos_users)] = 1.0
         order = torch.randperm(len(users), generator=gen, device=self.device)
         if self.world_size > 1:
             order = order[self.rank :: self.world_size]
         return users, items, labels, order
 
-    def _draw(self, epoch: int) -> tuple[torch.Tensor, ...]:
+    def _parts(self) -> int:
+        """How many parts an epoch is drawn in (1: the whole epoch at once)."""
+        samples = len(self._pos_users) * (1 + self.config.num_negatives)
+        return max(1, -(-samples // _CHUNK_SAMPLES))
+
+    def _part_positions(self, epoch: int, part: int) -> torch.Tensor:
+        """The positives of ``part``: a chunk of the epoch's seeded permutation of them."""
+        n = len(self._pos_users)
+        gen = torch.Generator().manual_seed(
+            int(np.random.default_rng([self.config.seed, epoch, 2]).integers(2**62))
+        )
+        bounds = np.linspace(0, n, self._parts() + 1).astype(np.int64)
+        return torch.randperm(n, generator=gen)[bounds[part] : bounds[part + 1]].to(self.device)
+
+    def epoch_parts(
+        self, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's ``epoch_draw``s: the whole epoch, or its parts one at a time."""
+        parts = self._parts()
+        if parts == 1:
+            yield self._draw(epoch)
+            return
+        for part in range(parts):
+            yield self.epoch_draw(epoch, part)
+
+    def _draw(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``epoch_draw``, from the background thread when it was prefetched."""
         if self._prefetch is not None and self._prefetch[0] == epoch:
             samples = self._prefetch[1].result()
@@ -213,27 +255,31 @@ class Trainer:
             assert isinstance(self.model, FittedModel)
             with torch.no_grad():
                 return self.model.fit_epoch(self.split.train, epoch)
-        users, items, labels, order = self._draw(epoch)
         self.step.set_learning_rate(self.config.epoch_learning_rate(epoch))
         self.model.train()
-        total = len(order)
+        total = len(self._pos_users) * (1 + self.config.num_negatives)
+        if self.world_size > 1:
+            total = -(-total // self.world_size)
         if self.progress is not None:
             self.progress(epoch, 0, total)  # an epoch starts
         run = getattr(self.step, "run", None)
-        if run is not None:
-            # a compiled kernel: many batches a call (progress per call), shuffled by ``order``,
-            # and the loss summed as it goes
-            loss = 0.0
-            for part in order.split(self.config.batch_size * _BATCHES_PER_CALL):
-                loss += run(users, items, labels, order=part)
-                if self.progress is not None:
-                    self.progress(epoch, len(part), total)
-            mean = loss / total if total else 0.0
-        else:
-            logits, labels = self._step_batches(epoch, users[order], items[order], labels[order])
-            mean = (
-                float(LOSSES[self.config.loss](logits.double(), labels.double())) if total else 0.0
-            )
+        loss, count = 0.0, 0
+        for number, (users, items, labels, order) in enumerate(self.epoch_parts(epoch)):
+            count += len(order)
+            if run is not None:
+                # a compiled kernel: many batches a call (progress per call), shuffled by
+                # ``order``, the loss summed as it goes
+                for chunk in order.split(self.config.batch_size * _BATCHES_PER_CALL):
+                    loss += run(users, items, labels, order=chunk)
+                    if self.progress is not None:
+                        self.progress(epoch, len(chunk), total)
+            else:
+                logits, shuffled = self._step_batches(
+                    epoch, number, users[order], items[order], labels[order], total
+                )
+                part_loss = LOSSES[self.config.loss](logits.double(), shuffled.double())
+                loss += float(part_loss) * len(order)
+        mean = loss / count if count else 0.0
         if not math.isfinite(mean):
             raise TorchcfError(
                 f"training diverged at epoch {epoch} (loss {mean}); try a lower --lr"
@@ -241,7 +287,13 @@ class Trainer:
         return mean
 
     def _step_batches(
-        self, epoch: int, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+        self,
+        epoch: int,
+        part: int,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        labels: torch.Tensor,
+        total: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The step on each batch of the shuffled epoch; returns (logits, labels)."""
         size = self.config.batch_size
@@ -251,14 +303,13 @@ class Trainer:
         # inside a fork, so runs and resumed runs repeat and the caller's RNG is left untouched
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(
-                int(np.random.default_rng([self.config.seed, epoch, 1]).integers(2**62))
-            )
+            key = [self.config.seed, epoch, 1] + ([part] if part else [])
+            torch.manual_seed(int(np.random.default_rng(key).integers(2**62)))
             assert self.step is not None
             for batch_users, batch_items, batch_labels in batches:
                 logits.append(self.step(batch_users, batch_items, batch_labels))
                 if self.progress is not None:
-                    self.progress(epoch, len(batch_users), len(users))
+                    self.progress(epoch, len(batch_users), total)
         return (torch.cat(logits) if logits else torch.zeros(0)), labels
 
     def evaluate(self) -> dict[str, tuple[float, float]]:

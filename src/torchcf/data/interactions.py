@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from torchcf.errors import DataError, UnknownIdError
 
-__all__ = ["IdMap", "Interactions"]
+__all__ = ["IdMap", "Interactions", "unique_sorted"]
 
 _DENSE_LIMIT = 64 * 2**20
 
@@ -107,6 +107,18 @@ def _as_int64(name: str, values: Any) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def unique_sorted(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by sorting: NumPy 2.4's default hash-based ``np.unique`` takes
+    ~30 s on 20 M int64 keys where a sort takes 0.3 s."""
+    ordered = np.sort(np.asarray(values), kind="stable")
+    if len(ordered) == 0:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 @dataclass(frozen=True, eq=False)
 class Interactions:
     """Implicit-feedback events as dense indices: ``users[j]`` interacted with ``items[j]``.
@@ -181,7 +193,7 @@ class Interactions:
     @cached_property
     def pair_keys(self) -> np.ndarray:
         """Sorted unique ``user * num_items + item`` keys: O(log n) vectorised membership tests."""
-        return np.unique(self.users * np.int64(self.num_items) + self.items)
+        return unique_sorted(self.users * np.int64(self.num_items) + self.items)
 
     @cached_property
     def _dense_mask(self) -> np.ndarray | None:
