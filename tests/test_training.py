@@ -225,3 +225,26 @@ def test_large_epochs_are_drawn_in_parts(monkeypatch, step):
     assert all(torch.equal(a, p[1]) for a, p in zip(again, parts, strict=True))
     fit = trainer.fit()
     assert np.isfinite(fit.history[-1].loss) and fit.history[-1].test_hr > 0
+
+
+def test_device_draw_path(monkeypatch):
+    """The GPU's epoch draw (negatives by sorted-key rejection on the device), run on the CPU."""
+    model, split, config = _setup(num_negatives=3)
+    trainer = Trainer(model, split, config)
+    trainer._known_keys = torch.as_tensor(split.train.pair_keys)
+    users, items, labels = trainer.epoch_samples(1)
+    neg = labels == 0
+    assert int(neg.sum()) == 3 * len(split.train)
+    assert not split.train.contains(users[neg].numpy(), items[neg].numpy()).any()
+    assert torch.equal(trainer.epoch_samples(1)[1], items)
+
+
+def test_amp_forward_runs_in_bfloat16():
+    model, split, config = _setup(model="mlp", amp=True, epochs=1)
+    model = build_model("mlp", split.num_users, split.num_items, seed=0, embedding_dim=8)
+    trainer = Trainer(model, split, config)
+    assert type(trainer.step).__name__ == "FlatAdamStep"
+    seen = []
+    model.tower[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer.train_epoch(1)
+    assert seen and seen[0] == torch.bfloat16

@@ -110,6 +110,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         help="constant (default) or cosine decay over the epochs",
     )
     _switch(g, "--prefetch", "draw the next epoch's samples in the background (large batches)")
+    _switch(g, "--amp", "bfloat16 autocast of the forward pass (for GPUs; autograd steps)")
     g.add_argument(
         "--optimizer",
         default=None,

@@ -59,6 +59,8 @@ class TrainConfig:
     # draw the next epoch's samples in a background thread while this one trains (pays off with
     # the compiled MF/GMF kernel, which releases the GIL, at large batches and one torch thread)
     prefetch: bool = False
+    # bfloat16 autocast of the forward pass (autograd steps; pays off on GPUs, not on this CPU)
+    amp: bool = False
 
     def __post_init__(self) -> None:
         positive = ("embedding_dim", "epochs", "batch_size", "k")

@@ -9,7 +9,7 @@ applied to one flat buffer holding every parameter: identical results (tested ag
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -61,6 +61,21 @@ def make_optimizer(params: Sequence[torch.Tensor], config: TrainConfig) -> torch
     return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=wd, fused=fused)
 
 
+def _forward(
+    model: ScoringModel, config: TrainConfig
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The model's forward pass, under bfloat16 autocast with ``config.amp`` (float32 logits)."""
+    if not config.amp:
+        return model
+    device_type = next(model.parameters()).device.type
+
+    def forward(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return model(users, items).float()
+
+    return forward
+
+
 class AutogradStep:
     """Forward, BCE on logits, backward, optimizer step: works for every model.
 
@@ -89,11 +104,12 @@ class AutogradStep:
         else:
             self.optimizers = [make_optimizer(params, config)]
         self.loss = LOSSES[config.loss]
+        self.forward = _forward(model, config)
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        logits = self.model(users, items)
+        logits = self.forward(users, items)
         loss = self.loss(logits, labels)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -214,11 +230,12 @@ class FlatAdamStep(FlatAdam):
             else:
                 p.grad = grad
         self.loss = LOSSES[config.loss]
+        self.forward = _forward(model, config)
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        logits = self.model(users, items)
+        logits = self.forward(users, items)
         loss = self.loss(logits, labels)
         self.grad.zero_()
         loss.backward()
@@ -364,10 +381,16 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     ``step='autograd'`` forces plain autograd + ``torch.optim``. Other optimizers: autograd.
     """
     adam = config.optimizer == "adam"
-    analytic_ok = isinstance(model, MF) and not model.biases and adam and config.loss == "bce"
+    analytic_ok = (
+        isinstance(model, MF)
+        and not model.biases
+        and adam
+        and config.loss == "bce"
+        and not config.amp
+    )
     if config.step == "analytic" and not analytic_ok:
         raise ConfigError(
-            f"--step analytic supports mf and gmf (no biases) with adam and the bce loss, "
+            f"--step analytic supports mf and gmf (no biases, no --amp) with adam and bce, "
             f"not {model.name} with {config.optimizer} and {config.loss}"
         )
     if config.step == "autograd" or not adam:
