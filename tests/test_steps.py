@@ -197,3 +197,22 @@ def test_flat_adam_step_matches_torch_adam(name, weight_decay):
         reference.state_dict().items(), fast.state_dict().values(), strict=True
     ):
         assert (got - want).norm() / want.norm() < 1e-4, key
+
+
+def test_kernel_build_failure_falls_back_with_a_warning(monkeypatch):
+    """No compiler (or any build error): one warning, and torchcf trains with tensor ops."""
+    from torch.utils import cpp_extension
+
+    def broken(**kwargs):
+        raise OSError("g++: command not found")
+
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    with pytest.warns(RuntimeWarning, match="g\\+\\+: command not found"):
+        assert native.load() is None
+    assert native.load() is None  # tried once per process
+    assert type(make_step(build_model("gmf", 3, 3, seed=0), TrainConfig())) is DotProductAdamStep
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("TORCHCF_NATIVE", "0")
+    assert native.load() is None
