@@ -248,3 +248,20 @@ def test_amp_forward_runs_in_bfloat16():
     model.tower[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer.train_epoch(1)
     assert seen and seen[0] == torch.bfloat16
+
+
+def test_resume_with_a_cosine_schedule_keeps_its_epochs(tmp_path):
+    """Under a cosine schedule the epoch count sets every epoch's rate: resuming with another
+    count would silently change them, so it is refused; a constant rate may run longer."""
+    model, split, config = _setup(epochs=2, lr_schedule="cosine")
+    trainer = Trainer(model, split, config)
+    trainer.fit()
+    trainer.save_checkpoint(tmp_path / "c.pt")
+    longer = Trainer(model, split, config.replace(epochs=4))
+    with pytest.raises(ConfigError, match="epochs"):
+        longer.load_checkpoint(tmp_path / "c.pt")
+    model, split, config = _setup(epochs=2)
+    trainer = Trainer(model, split, config)
+    trainer.fit()
+    trainer.save_checkpoint(tmp_path / "k.pt")
+    Trainer(model, split, config.replace(epochs=4)).load_checkpoint(tmp_path / "k.pt")

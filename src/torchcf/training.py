@@ -412,10 +412,14 @@ class Trainer:
         except (OSError, RuntimeError, EOFError) as exc:
             raise TorchcfError(f"cannot read checkpoint {path}: {exc}") from None
         saved = TrainConfig.from_dict(state["config"])
+        # more epochs may follow a finished run, unless they set the learning-rate schedule
+        free = ("patience", "device", "prefetch") + (
+            ("epochs",) if self.config.lr_schedule == "constant" else ()
+        )
         changed = [
             name
             for name, value in saved.to_dict().items()
-            if name not in ("epochs", "patience", "device") and getattr(self.config, name) != value
+            if name not in free and getattr(self.config, name) != value
         ]
         if changed:
             raise ConfigError(
