@@ -66,3 +66,23 @@ def test_idmap_canonical_turns_text_into_the_id_it_names():
     assert numbers.canonical("nope") == "nope" and numbers.canonical("99") == "99"  # unknown
     words = IdMap(np.array(["a", "b"]))
     assert words.canonical("b") == "b" and isinstance(words.canonical("b"), str)
+
+
+def test_contains_large_queries_sorted_path(monkeypatch):
+    """Many keys against a large (no dense mask) table: the sorted lookup answers the same."""
+    import torchcf.data.interactions as module
+
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 300, 5000), rng.integers(0, 400, 5000)
+    data = Interactions(users, items, 300, 400)
+    monkeypatch.setattr(module, "_DENSE_LIMIT", 0)
+    q_users, q_items = rng.integers(0, 300, (60, 50)), rng.integers(0, 400, (60, 50))
+    q_users[0, :10], q_items[0, :10] = users[:10], items[:10]
+    plain = Interactions(users, items, 300, 400).contains(q_users, q_items)
+    monkeypatch.setattr(module, "_SORTED_LOOKUP", 100)
+    sorted_path = data.contains(q_users, q_items)
+    assert sorted_path.shape == (60, 50) and sorted_path[0, :10].all()
+    assert np.array_equal(sorted_path, plain)
+    truth = {(u, i) for u, i in zip(users.tolist(), items.tolist(), strict=True)}
+    expected = [(u, i) in truth for u, i in zip(q_users.ravel(), q_items.ravel(), strict=True)]
+    assert sorted_path.ravel().tolist() == expected
