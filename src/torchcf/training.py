@@ -126,11 +126,6 @@ class Trainer:
         train = split.train
         self._pos_users = torch.tensor(train.users, device=self.device)
         self._pos_items = torch.tensor(train.items, device=self.device)
-        # the negatives' users of a whole-epoch draw (drawn per part on large data instead)
-        samples = len(train) * (1 + config.num_negatives)
-        self._neg_users = (
-            np.repeat(train.users, config.num_negatives) if samples <= _CHUNK_SAMPLES else None
-        )
         self._known_keys: torch.Tensor | None = None
         if self.device.type != "cpu":  # sorted (user, item) keys for sampling on the device
             self._known_keys = torch.as_tensor(train.pair_keys, device=self.device)
@@ -161,29 +156,28 @@ class Trainer:
         return users[order], items[order], labels[order]
 
     def epoch_draw(
-        self, epoch: int, part: int | None = None
+        self, epoch: int, part: int | None = None, positives: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One epoch's ``(users, items, labels)`` unshuffled, and the training ``order``
         (a seeded permutation; this rank's share of it under ``torchrun``).
 
         An epoch of more than ``_CHUNK_SAMPLES`` samples is drawn in ``part``s: the positives in
-        a seeded random order, cut into chunks, each with its fresh negatives and its own
-        shuffle, so memory stays bounded on data sets like ML-20M (``epoch_parts``).
+        a seeded random order, cut into chunks (``positives``: the chunk's positions), each with
+        its fresh negatives and its own shuffle, so memory stays bounded on data sets like ML-20M
+        (``epoch_parts``).
         On a GPU the negatives are drawn on the device too (``sample_negatives_torch``), so an
         epoch's data never leaves it.
         """
         rng = np.random.default_rng([self.config.seed, epoch] + ([] if part is None else [part]))
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
         k = self.config.num_negatives
-        if part is None:
+        if positives is None:
             pos_users, pos_items = self._pos_users, self._pos_items
         else:
-            chosen = self._part_positions(epoch, part)
-            pos_users, pos_items = self._pos_users[chosen], self._pos_items[chosen]
+            pos_users, pos_items = self._pos_users[positives], self._pos_items[positives]
         neg_users = pos_users.repeat_interleave(k)
-        if self._known_keys is None:
-            neg_np = self._neg_users if self._neg_users is not None else neg_users.numpy()
-            negatives = torch.from_numpy(sample_negatives(self.split.train, neg_np, rng))
+        if self._known_keys is None:  # on the CPU: NumPy's sampler on the same memory
+            negatives = torch.from_numpy(sample_negatives(self.split.train, neg_users.numpy(), rng))
         else:
             negatives = sample_negatives_torch(
                 self._known_keys, neg_users, self.split.train.num_items, gen
@@ -207,25 +201,23 @@ class Trainer:
         samples = len(self._pos_users) * (1 + self.config.num_negatives)
         return max(1, -(-samples // _CHUNK_SAMPLES))
 
-    def _part_positions(self, epoch: int, part: int) -> torch.Tensor:
-        """The positives of ``part``: a chunk of the epoch's seeded permutation of them."""
-        n = len(self._pos_users)
-        gen = torch.Generator().manual_seed(
-            int(np.random.default_rng([self.config.seed, epoch, 2]).integers(2**62))
-        )
-        bounds = np.linspace(0, n, self._parts() + 1).astype(np.int64)
-        return torch.randperm(n, generator=gen)[bounds[part] : bounds[part + 1]].to(self.device)
-
     def epoch_parts(
         self, epoch: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The epoch's ``epoch_draw``s: the whole epoch, or its parts one at a time."""
+        """The epoch's ``epoch_draw``s: the whole epoch, or its parts one at a time (the
+        positives in one seeded permutation per epoch, cut into equal chunks)."""
         parts = self._parts()
         if parts == 1:
             yield self._draw(epoch)
             return
+        n = len(self._pos_users)
+        gen = torch.Generator().manual_seed(
+            int(np.random.default_rng([self.config.seed, epoch, 2]).integers(2**62))
+        )
+        perm = torch.randperm(n, generator=gen).to(self.device)
+        bounds = np.linspace(0, n, parts + 1).astype(np.int64)
         for part in range(parts):
-            yield self.epoch_draw(epoch, part)
+            yield self.epoch_draw(epoch, part, perm[bounds[part] : bounds[part + 1]])
 
     def _draw(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``epoch_draw``, from the background thread when it was prefetched."""

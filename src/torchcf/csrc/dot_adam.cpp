@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #if defined(__SSE__) || defined(__x86_64__)
@@ -33,9 +32,9 @@ void check(const torch::Tensor& t, c10::ScalarType dtype, const char* name) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
-// 1 - beta is computed in double: in float, 1 - 0.999f is off by 1.3e-5 relative
 constexpr int64_t kBlock = 2048;  // samples per block of the forward pass
 
+// Per-step constants; 1 - beta is computed in double (in float, 1 - 0.999f is off by 1.3e-5).
 struct AdamCoefficients {
   float step_size, inv_bias2_sqrt, one_minus_beta1, beta2, one_minus_beta2, sqrt_beta2, eps,
       weight_decay;
