@@ -113,6 +113,7 @@ def test_train_baselines_end_to_end(tiny, tmp_path, model):
     summary = json.loads((out / "metrics.json").read_text())
     closed_form = model in ("pop", "itemknn", "ease")
     assert summary["epochs_run"] == (1 if closed_form else 2)
+    assert "epoch   1/" in result.stdout and "nan" not in result.stdout  # no NaN loss shown
     recommended = run_cli("recommend", str(out), "--user", "1", "-k", "3", "--json")
     assert recommended.returncode == 0 and len(json.loads(recommended.stdout)["items"]) == 3
 

@@ -21,7 +21,7 @@ import torch
 
 from torchcf.data.interactions import Interactions
 from torchcf.errors import ConfigError
-from torchcf.models import ScoringModel
+from torchcf.models import ScoringModel, gather_scores
 
 __all__ = ["EASE", "IALS", "FittedModel", "ItemKNN", "Pop"]
 
@@ -124,9 +124,7 @@ class _HistoryModel(FittedModel):
         return self.weights[items].sum(0)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        users, items = torch.broadcast_tensors(users, items)
-        unique, inverse = torch.unique(users, return_inverse=True)
-        return self.score_all(unique)[inverse, items]
+        return gather_scores(self, users, items)
 
 
 class EASE(_HistoryModel):

@@ -211,7 +211,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from torchcf import __version__
     from torchcf.config import FAST_DEFAULTS
-    from torchcf.registry import MODELS
+    from torchcf.registry import TRAINABLE
 
     parser = _Parser(prog="torchcf", description="Collaborative filtering from implicit feedback.")
     parser.add_argument("--version", action="version", version=f"torchcf {__version__}")
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load data, split leave-one-out, train, evaluate every "
         "epoch and save the run directory.",
     )
-    train.add_argument("--model", default="gmf", choices=sorted(MODELS), help="default gmf")
+    train.add_argument("--model", default="gmf", choices=sorted(TRAINABLE), help="default gmf")
     _add_data_flags(train)
     _add_train_flags(train)
     train.add_argument(
@@ -282,13 +282,32 @@ def build_parser() -> argparse.ArgumentParser:
         "validation holdout only; resumable (OUT/study.db); writes OUT/trials.csv and "
         "OUT/best_config.json. Flags given explicitly are held fixed.",
     )
-    tune.add_argument("--model", required=True, choices=sorted(MODELS))
+    tune.add_argument("--model", required=True, choices=sorted(TRAINABLE))
     _add_data_flags(tune)
     _add_train_flags(tune)
     tune.add_argument("--trials", type=int, default=20, help="finished trials wanted (default 20)")
     tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     tune.add_argument("--metric", default="ndcg", choices=["ndcg", "hr"], help="default ndcg")
     tune.add_argument("--out", required=True, help="study directory")
+
+    blend = sub.add_parser(
+        "blend",
+        help="weigh trained runs into one model, weights chosen on validation",
+        description="Blend the models of runs trained on one split: each model's scores are "
+        "standardised per user and summed with weights chosen on the validation holdout (a "
+        "grid over the weight simplex) or given. Writes a run directory that evaluate, "
+        "recommend and serve take.",
+    )
+    blend.add_argument("runs", metavar="RUN_DIR", nargs="+", help="two to four run directories")
+    blend.add_argument(
+        "--weights", metavar="W,W,...", help="one weight per run (default: chosen on validation)"
+    )
+    blend.add_argument(
+        "--metric", default="ndcg", choices=["ndcg", "hr"], help="validation metric (default ndcg)"
+    )
+    blend.add_argument("--out", required=True, help="run directory to write")
+    blend.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    blend.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ev = sub.add_parser(
         "evaluate",
@@ -535,6 +554,29 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blend(args: argparse.Namespace) -> int:
+    from torchcf.blend import blend_runs
+
+    weights = None
+    if args.weights is not None:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise TorchcfError(
+                f"--weights must be numbers separated by commas, got {args.weights!r}"
+            ) from None
+    blend_runs(
+        args.runs,
+        args.out,
+        weights=weights,
+        metric=args.metric,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        command=["torchcf", *sys.argv[1:]],
+    )
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -640,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args)
         commands = {
             "tune": _tune,
+            "blend": _blend,
             "evaluate": _evaluate,
             "recommend": _recommend,
             "similar": _similar,

@@ -17,11 +17,11 @@ from torchcf.config import TrainConfig, recipe
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.experiment import DataSpec, Pretrained, ensure_run, pretrain_config, versions
 from torchcf.io import atomic_open, atomic_path, write_json
-from torchcf.registry import MODELS
+from torchcf.registry import TRAINABLE
 
 __all__ = ["COMPARABLE", "run_compare"]
 
-COMPARABLE = (*MODELS, "neumf-pre")
+COMPARABLE = (*TRAINABLE, "neumf-pre")
 
 
 def model_config(key: str, overrides: dict[str, Any]) -> TrainConfig:

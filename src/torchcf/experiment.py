@@ -6,6 +6,7 @@ The CLI only parses flags into a ``DataSpec`` and a ``TrainConfig`` and calls ``
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import sys
@@ -37,11 +38,13 @@ from torchcf.training import EpochRecord, FitResult, Trainer, checkpoint_callbac
 __all__ = [
     "DataSpec",
     "Pretrained",
+    "check_split",
     "ensure_run",
     "evaluate_run",
     "filter_users",
     "load_split",
     "pretrain_config",
+    "read_run",
     "run_training",
 ]
 
@@ -272,8 +275,9 @@ def _source_name(source: dict[str, Any]) -> str:
 
 def format_epoch(record: EpochRecord, epochs: int, k: int) -> str:
     """The one line printed per epoch."""
+    loss = "" if math.isnan(record.loss) else f"loss {record.loss:.4f}  "  # NaN: a fitted model
     line = (
-        f"epoch {record.epoch:>3}/{epochs}  loss {record.loss:.4f}  "
+        f"epoch {record.epoch:>3}/{epochs}  {loss}"
         f"HR@{k} {record.test_hr:.4f}  NDCG@{k} {record.test_ndcg:.4f}"
     )
     if record.val_hr is not None:
@@ -473,21 +477,31 @@ def run_training(
     return summary
 
 
+def read_run(run: str | Path) -> tuple[dict[str, Any], DataSpec, TrainConfig]:
+    """A run directory's recorded ``config.json``, data spec and training config."""
+    run = Path(run)
+    try:
+        recorded = json.loads((run / "config.json").read_text())
+        return recorded, DataSpec(**recorded["data"]), TrainConfig(**recorded["train"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{run} is not a torchcf run directory ({type(exc).__name__})") from None
+
+
+def check_split(loaded: LoadedModel, split: Split, run: str | Path) -> None:
+    """``DataError`` unless the saved model was trained on ``split``'s training set."""
+    if not _trained_on(loaded, split) or loaded.seen.nnz != len(split.train.deduplicate()):
+        raise DataError(f"the data of {run} changed since training: its split differs")
+
+
 def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False) -> dict[str, Any]:
     """Evaluate a saved run again on the split it was trained on (rebuilt from its recorded
     data and seed): ``sampled`` (test and validation), ``full`` ranking (test), or ``both``."""
     if protocol not in ("sampled", "full", "both"):
         raise ConfigError(f"protocol must be sampled, full or both, got {protocol!r}")
-    run = Path(run)
-    try:
-        recorded = json.loads((run / "config.json").read_text())
-        spec, config = DataSpec(**recorded["data"]), TrainConfig(**recorded["train"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{run} is not a torchcf run directory ({type(exc).__name__})") from None
+    _, spec, config = read_run(run)
     loaded = load_model(run)
     split, _ = load_split(spec, config, progress=progress)
-    if not _trained_on(loaded, split) or loaded.seen.nnz != len(split.train.deduplicate()):
-        raise DataError(f"the data of {run} changed since training: its split differs")
+    check_split(loaded, split, run)
     out: dict[str, Any] = {"run": str(run), "model": loaded.model.name}
     if protocol in ("sampled", "both"):
         holdouts = [h for h in (split.test, split.validation) if h is not None]

@@ -7,7 +7,7 @@ Contract (tested for every model): ``forward(users, items)`` broadcasts ``(B,)``
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -15,7 +15,18 @@ from torch import nn
 
 from torchcf.errors import ConfigError
 
-__all__ = ["BPRMF", "GMF", "MF", "MLP", "NEURAL_MODELS", "NeuMF", "ScoringModel"]
+__all__ = [
+    "BPRMF",
+    "GMF",
+    "MF",
+    "MLP",
+    "NEURAL_MODELS",
+    "Blend",
+    "NeuMF",
+    "ScoringModel",
+    "gather_scores",
+    "standardise",
+]
 
 
 class ScoringModel(nn.Module):
@@ -60,6 +71,14 @@ class ScoringModel(nn.Module):
         """``(num_items, d)`` item representations for item-item similarity, or ``None`` when
         the model has no single item embedding."""
         return None
+
+
+def gather_scores(model: ScoringModel, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """``forward`` for models that score whole rows: ``score_all`` of each distinct user, then
+    the broadcast (user, item) pairs picked out of those rows."""
+    users, items = torch.broadcast_tensors(users, items)
+    unique, inverse = torch.unique(users, return_inverse=True)
+    return model.score_all(unique)[inverse, items]
 
 
 def _head(width: int, generator: torch.Generator | None) -> nn.Linear:
@@ -404,3 +423,96 @@ NEURAL_MODELS: dict[str, type[ScoringModel]] = {
     "neumf": NeuMF,
     "bpr": BPRMF,
 }
+
+
+def standardise(scores: torch.Tensor) -> torch.Tensor:
+    """Each row (a user's scores over every item) shifted and scaled to mean 0, std 1."""
+    centred = scores - scores.mean(-1, keepdim=True)
+    return centred / centred.std(-1, keepdim=True).clamp_min(1e-12)
+
+
+class Blend(ScoringModel):
+    """A weighted sum of trained models' scores, each standardised per user over all items:
+    ``score(u, ·) = Σ_k w_k · (s_k(u, ·) − mean) / std``. The scales of different models'
+    scores (logits, EASE's reconstructions, iALS dot products) are not comparable; their
+    standardised rows are, so the weights alone say how much each model counts.
+
+    ``parts`` are ``{"model": name, "hparams": {...}}`` of registered models, built here and
+    loaded with their weights from the blend's state dict (``parts.K.*``); ``Blend.of`` wraps
+    models already trained. ``torchcf blend`` chooses the weights on the validation holdout.
+    """
+
+    name = "blend"
+    user_tables = ()
+    matrix_scoring = True
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        parts: list[dict[str, Any]],
+        weights: list[float],
+    ) -> None:
+        super().__init__(num_users, num_items)
+        from torchcf.registry import MODELS  # parts are any registered model (import cycle)
+
+        if len(parts) < 2 or len(weights) != len(parts):
+            raise ConfigError(
+                f"a blend needs two or more parts and one weight each, got {len(parts)} "
+                f"parts and {len(weights)} weights"
+            )
+        if any(not np.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
+            raise ConfigError(f"blend weights must be ≥ 0 and not all 0, got {list(weights)}")
+        built = []
+        for spec in parts:
+            name = spec.get("model")
+            if name not in MODELS or name == self.name:
+                raise ConfigError(f"a blend part must be a trained model, got {name!r}")
+            built.append(MODELS[name](num_users, num_items, **spec.get("hparams", {})))
+        self.parts = nn.ModuleList(built)
+        self.weights = [float(w) for w in weights]
+
+    @classmethod
+    def of(cls, models: list[ScoringModel], weights: list[float]) -> Blend:
+        """A blend of trained ``models`` (same users and items), sharing their weights."""
+        if len({(m.num_users, m.num_items) for m in models}) > 1:
+            raise ConfigError("blend parts must have the same users and items")
+        specs = [{"model": m.name, "hparams": m.hparams()} for m in models]
+        blend = cls(models[0].num_users, models[0].num_items, specs, weights)
+        blend.parts = nn.ModuleList(models)
+        return blend
+
+    @property
+    def members(self) -> list[ScoringModel]:
+        """The parts, typed."""
+        return [cast(ScoringModel, p) for p in self.parts]
+
+    def hparams(self) -> dict[str, Any]:
+        parts = [{"model": p.name, "hparams": p.hparams()} for p in self.members]
+        return {"parts": parts, "weights": self.weights}
+
+    def combine(self, part_scores: list[torch.Tensor | None]) -> torch.Tensor:
+        """The weighted sum of the parts' standardised rows (``None``: a part of weight 0)."""
+        total: torch.Tensor | None = None
+        for w, scores in zip(self.weights, part_scores, strict=True):
+            if w > 0 and scores is not None:
+                term = w * standardise(scores.float())
+                total = term if total is None else total + term
+        assert total is not None  # some weight is positive
+        return total
+
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        if chunk is None:
+            chunk = max(1, 2**24 // self.num_items)
+        out = []
+        for s in range(0, len(users), chunk):
+            rows = users[s : s + chunk]
+            scores = [
+                p.score_all(rows) if w > 0 else None
+                for w, p in zip(self.weights, self.members, strict=True)
+            ]
+            out.append(self.combine(scores))
+        return torch.cat(out) if out else torch.zeros(0, self.num_items, device=users.device)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return gather_scores(self, users, items)

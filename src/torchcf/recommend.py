@@ -29,6 +29,7 @@ from torchcf.data.loaders import load_title_map, load_titles
 from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation import rows_mask
 from torchcf.losses import bce_with_logits
+from torchcf.models import Blend, ScoringModel
 from torchcf.persistence import LoadedModel, load_model
 
 __all__ = ["UNKNOWN_USER_POLICIES", "FoldIn", "Recommender"]
@@ -183,15 +184,24 @@ class Recommender:
         Fitted baselines answer in closed form (item-item models score the items directly,
         iALS solves the user's row exactly); the other models take ``FoldIn`` Adam steps.
         """
-        if isinstance(self.model, FittedModel):
+        return self._fold_in(self.model, items)
+
+    def _fold_in(self, model: ScoringModel, items: np.ndarray) -> torch.Tensor:
+        if isinstance(model, Blend):  # each part folds the user in its own way
+            scores = [
+                self._fold_in(part, items) if w > 0 else None
+                for w, part in zip(model.weights, model.members, strict=True)
+            ]
+            return model.combine(scores)
+        if isinstance(model, FittedModel):
             with torch.no_grad():
                 index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(self.device)
-                return self.model.fold_in_scores(index).float()
-        params = self._fit_user(items)
+                return model.fold_in_scores(index).float()
+        params = self._fit_user(model, items)
         everything = torch.arange(self.num_items, device=self.device)[None, :]
         with torch.no_grad():
             zero = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-            return functional_call(self.model, params, (zero, everything))[0].float()
+            return functional_call(model, params, (zero, everything))[0].float()
 
     def titles(self, item_ids: Any) -> list[str | None]:
         """Display titles of external item ids (``None`` where unknown or without titles)."""
@@ -261,13 +271,13 @@ class Recommender:
             ids[padding] = self._pad
         return ids, top
 
-    def _fit_user(self, items: np.ndarray) -> dict[str, torch.Tensor]:
-        """Parameters of the model with every user table replaced by one fitted row."""
+    def _fit_user(self, model: ScoringModel, items: np.ndarray) -> dict[str, torch.Tensor]:
+        """Parameters of ``model`` with every user table replaced by one fitted row."""
         cfg = self.fold_in
-        params = {name: p.detach() for name, p in self.model.named_parameters()}
+        params = {name: p.detach() for name, p in model.named_parameters()}
         rows = {
             f"{table}.weight": params[f"{table}.weight"].mean(0, keepdim=True).clone()
-            for table in self.model.user_tables
+            for table in model.user_tables
         }
         for row in rows.values():
             row.requires_grad_(True)
@@ -282,7 +292,7 @@ class Recommender:
         for _ in range(cfg.steps if len(others) else 0):
             negatives = torch.from_numpy(rng.choice(others, len(items) * cfg.negatives))
             batch = torch.cat([positives, negatives]).to(self.device)
-            logits = functional_call(self.model, {**params, **rows}, (zero, batch))
+            logits = functional_call(model, {**params, **rows}, (zero, batch))
             penalty = sum(row.pow(2).sum() for row in rows.values())
             loss = bce_with_logits(logits, labels) + cfg.weight_decay * penalty
             optimizer.zero_grad()

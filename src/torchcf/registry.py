@@ -9,9 +9,9 @@ import torch
 
 from torchcf.baselines import EASE, IALS, ItemKNN, Pop
 from torchcf.errors import ConfigError
-from torchcf.models import NEURAL_MODELS, ScoringModel
+from torchcf.models import NEURAL_MODELS, Blend, ScoringModel
 
-__all__ = ["BASELINES", "MODELS", "build_model", "model_kwargs"]
+__all__ = ["BASELINES", "MODELS", "TRAINABLE", "build_model", "model_kwargs"]
 
 BASELINES: dict[str, type[ScoringModel]] = {
     "pop": Pop,
@@ -19,7 +19,9 @@ BASELINES: dict[str, type[ScoringModel]] = {
     "ease": EASE,
     "ials": IALS,
 }
-MODELS: dict[str, type[ScoringModel]] = {**NEURAL_MODELS, **BASELINES}
+# what train, tune and compare build from scratch; a blend is made of trained runs (torchcf blend)
+TRAINABLE: dict[str, type[ScoringModel]] = {**NEURAL_MODELS, **BASELINES}
+MODELS: dict[str, type[ScoringModel]] = {**TRAINABLE, "blend": Blend}
 
 
 def build_model(
@@ -30,8 +32,8 @@ def build_model(
     **hparams: Any,
 ) -> ScoringModel:
     """Instantiate a registered model; ``seed`` makes its initialisation reproducible."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    if name not in TRAINABLE:
+        raise ConfigError(f"unknown model {name!r} (known: {', '.join(TRAINABLE)})")
     cls: Any = MODELS[name]
     if "generator" in inspect.signature(cls.__init__).parameters:
         generator = None if seed is None else torch.Generator().manual_seed(seed)

@@ -20,7 +20,7 @@ from torchcf.config import TrainConfig, recipe
 from torchcf.errors import ConfigError
 from torchcf.experiment import DataSpec, load_split, versions
 from torchcf.io import atomic_open, write_json
-from torchcf.registry import MODELS, build_model, model_kwargs
+from torchcf.registry import TRAINABLE, build_model, model_kwargs
 from torchcf.training import EpochRecord, Trainer
 
 __all__ = ["SEARCH_SPACES", "run_tune"]
@@ -82,8 +82,8 @@ def run_tune(
     pruned (or until ``timeout`` seconds have passed)."""
     import optuna
 
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r} (known: {', '.join(MODELS)})")
+    if model not in TRAINABLE:
+        raise ConfigError(f"unknown model {model!r} (known: {', '.join(TRAINABLE)})")
     space = {k: v for k, v in SEARCH_SPACES.get(model, {}).items() if k not in overrides}
     if not space:
         raise ConfigError(f"{model} has no hyperparameters left to tune")

@@ -1,0 +1,154 @@
+"""Blends of trained runs: the model's contract, the weight search on validation, the run
+directory (evaluate, recommend, fold-in), and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from conftest import tiny_rows, write_ml1m
+from torchcf.blend import blend_runs, simplex_grid
+from torchcf.cli import main
+from torchcf.config import recipe
+from torchcf.errors import ConfigError
+from torchcf.experiment import DataSpec, evaluate_run, run_training
+from torchcf.models import Blend, standardise
+from torchcf.persistence import load_model
+from torchcf.recommend import Recommender
+from torchcf.serve import create_app
+
+SMALL = {"embedding_dim": 4, "epochs": 2, "batch_size": 64, "eval_negatives": 8}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("blend")
+    write_ml1m(root / "ratings.dat", tiny_rows(num_users=30, num_items=24, per_user=8))
+    spec = DataSpec(path=str(root / "ratings.dat"))
+    out = {}
+    for name, model, extra in (
+        ("ials", "ials", {}),
+        ("ease", "ease", {"l2": 10.0}),
+        ("mf", "mf", {}),
+        ("ials-seed1", "ials", {"seed": 1}),
+    ):
+        out[name] = root / name
+        run_training(
+            spec, recipe(model, {**SMALL, **extra}), out[name], progress=False, echo=lambda _: None
+        )
+    return out
+
+
+def test_simplex_grid_covers_the_simplex():
+    for parts, size in ((2, 21), (3, 66), (4, 286)):
+        grid = simplex_grid(parts)
+        assert len(grid) == len(set(grid)) == size
+        assert all(min(w) >= 0 and sum(w) == pytest.approx(1.0) for w in grid)
+        for j in range(parts):  # each run alone is a candidate
+            assert tuple(float(i == j) for i in range(parts)) in grid
+    with pytest.raises(ConfigError, match="2–4 runs"):
+        simplex_grid(5)
+
+
+def test_blend_scores_agree_and_reduce_to_one_part(runs):
+    ials, ease = (load_model(runs[n]).model for n in ("ials", "ease"))
+    users = torch.arange(ials.num_users)
+    blend = Blend.of([ials, ease], [0.6, 0.4])
+    rows = blend.score_all(users)
+    z = standardise(ease.score_all(users))
+    assert torch.allclose(z.mean(1), torch.zeros(len(users)), atol=1e-5)
+    assert torch.allclose(z.std(1), torch.ones(len(users)), atol=1e-5)
+    assert torch.allclose(rows, 0.6 * standardise(ials.score_all(users)) + 0.4 * z, atol=1e-6)
+    items = torch.randint(0, ials.num_items, (len(users), 5))
+    assert torch.equal(blend(users[:, None], items), rows.gather(1, items))
+    assert torch.equal(blend(users, items[:, 0]), rows[users, items[:, 0]])
+    # all the weight on one part: that part's ranking, whatever the other scores
+    alone = Blend.of([ials, ease], [1.0, 0.0]).score_all(users)
+    assert torch.equal(alone.argsort(1), ials.score_all(users).argsort(1))
+    with pytest.raises(ConfigError, match="not all 0"):
+        Blend.of([ials, ease], [0.0, 0.0])
+    with pytest.raises(ConfigError, match="one weight each"):
+        Blend.of([ials, ease], [1.0])
+
+
+def test_blend_chooses_weights_on_validation_and_writes_a_run(runs, tmp_path):
+    out = tmp_path / "blend"
+    lines: list[str] = []
+    summary = blend_runs([runs["ials"], runs["ease"]], out, echo=lines.append)
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "model"}
+    search = summary["search"]
+    assert len(search) == 21
+    best = max(row["ndcg@10"] for row in search)
+    chosen = next(row for row in search if row["weights"] == list(summary["weights"].values()))
+    assert chosen["ndcg@10"] == best
+    # the search scored validation exactly as the saved blend's evaluation does
+    assert summary["selected"]["validation"] == {
+        "hr@10": chosen["hr@10"],
+        "ndcg@10": chosen["ndcg@10"],
+    }
+    assert json.loads((out / "metrics.json").read_text())["selected"] == summary["selected"]
+    again = evaluate_run(out)
+    assert again["model"] == "blend"
+    assert again["sampled"]["test"]["hr@10"] == summary["selected"]["test"]["hr@10"]
+    assert again["sampled"]["test"]["ndcg@10"] == summary["selected"]["test"]["ndcg@10"]
+    assert again["full"]["hr@10"] == summary["full_ranking"]["hr@10"]
+    assert any(line.startswith("weights (validation NDCG@10 over 21") for line in lines)
+    # the saved model is the blend of the two saved parts
+    loaded = load_model(out).model
+    assert isinstance(loaded, Blend) and loaded.weights == list(summary["weights"].values())
+    parts = [load_model(runs[n]).model for n in ("ials", "ease")]
+    users = torch.arange(loaded.num_users)
+    expected = Blend.of(parts, loaded.weights).score_all(users)
+    assert torch.equal(loaded.score_all(users), expected)
+
+
+def test_a_blend_recommends_and_folds_in_new_users(runs, tmp_path):
+    out = tmp_path / "blend"
+    summary = blend_runs([runs["mf"], runs["ease"]], out, weights=[3, 1], echo=lambda _: None)
+    assert summary["weights"] == {"0:mf": 0.75, "1:ease": 0.25} and summary["search"] == []
+    assert summary["selected"]["by"] == "given"
+    rec = Recommender.load(out)
+    ids, scores = rec.recommend("1", k=4)
+    assert len(ids) == 4 and list(scores) == sorted(scores, reverse=True)
+    seen = set(rec.item_map.to_id(rec.seen[rec.user_map.to_index(["1"])[0]].indices))
+    assert not seen & set(ids)
+    new_ids, _ = rec.recommend_for_items(["1", "2", "3"], k=5)
+    assert len(new_ids) == 5 and not {"1", "2", "3"} & set(map(str, new_ids))
+    client = TestClient(create_app(rec))  # served like any run
+    card = client.get("/model").json()
+    assert card["model"] == "blend" and [p["model"] for p in card["hparams"]["parts"]] == [
+        "mf",
+        "ease",
+    ]
+    served = client.get("/recommend", params={"user": "1", "k": 4}).json()
+    assert [row["item"] for row in served["items"]] == [int(i) for i in ids]
+    # fold-in of the blend = the blend of the parts' fold-ins (MF: Adam steps, EASE: closed form)
+    items = rec.item_map.to_index(["1", "2", "3"])
+    parts = [Recommender.load(runs[n]) for n in ("mf", "ease")]
+    expected = rec.model.combine([p.fold_in_scores(items) for p in parts])
+    assert torch.allclose(rec.fold_in_scores(items), expected)
+
+
+def test_blend_cli_errors_are_one_line(runs, tmp_path, capsys):
+    def error(*args: str) -> str:
+        assert main(["blend", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("torchcf: error:")
+        return err
+
+    out = str(tmp_path / "b")
+    ials, ease = str(runs["ials"]), str(runs["ease"])
+    assert "two or more runs" in error(ials, "--out", out)
+    assert "another split" in error(ials, str(runs["ials-seed1"]), "--out", out)
+    assert "one weight per run" in error(ials, ease, "--weights", "1", "--out", out)
+    assert "numbers" in error(ials, ease, "--weights", "a,b", "--out", out)
+    assert "not all 0" in error(ials, ease, "--weights", "0,0", "--out", out)
+    assert "not a torchcf run" in error(ials, str(tmp_path), "--out", out)
+    assert main(["blend", ials, ease, "--out", out, "--no-progress"]) == 0
+    assert "test HR@10" in capsys.readouterr().out
+    assert "exists" in error(ials, ease, "--out", out)
+    assert "not blends" in error(out, ease, "--out", str(tmp_path / "c"))
