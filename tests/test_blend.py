@@ -147,8 +147,25 @@ def test_blend_cli_errors_are_one_line(runs, tmp_path, capsys):
     assert "one weight per run" in error(ials, ease, "--weights", "1", "--out", out)
     assert "numbers" in error(ials, ease, "--weights", "a,b", "--out", out)
     assert "not all 0" in error(ials, ease, "--weights", "0,0", "--out", out)
+    assert "not all 0" in error(ials, ease, "--weights", "inf,1", "--out", out)
+    assert "2–4 runs" in error(*[ials] * 5, "--out", out)
     assert "not a torchcf run" in error(ials, str(tmp_path), "--out", out)
     assert main(["blend", ials, ease, "--out", out, "--no-progress"]) == 0
     assert "test HR@10" in capsys.readouterr().out
     assert "exists" in error(ials, ease, "--out", out)
     assert "not blends" in error(out, ease, "--out", str(tmp_path / "c"))
+
+
+def test_runs_without_validation_blend_only_with_given_weights(tmp_path):
+    write_ml1m(tmp_path / "ratings.dat", tiny_rows(num_users=20, num_items=16, per_user=6))
+    spec = DataSpec(path=str(tmp_path / "ratings.dat"))
+    runs = []
+    for model in ("pop", "ease"):
+        runs.append(tmp_path / model)
+        config = recipe(model, {**SMALL, "validation": False})
+        run_training(spec, config, runs[-1], progress=False, echo=lambda _: None)
+    with pytest.raises(ConfigError, match="no validation holdout"):
+        blend_runs(runs, tmp_path / "auto", echo=lambda _: None)
+    assert not (tmp_path / "auto").exists()
+    summary = blend_runs(runs, tmp_path / "given", weights=[1, 1], echo=lambda _: None)
+    assert set(summary["selected"]) == {"by", "test"} and summary["selected"]["by"] == "given"

@@ -10,6 +10,7 @@ test holdout is evaluated once, at the chosen weights. The result is a run direc
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -70,9 +71,7 @@ def standardised_candidates(model: ScoringModel, holdout: Holdout) -> torch.Tens
     return torch.cat(out)
 
 
-def search_weights(
-    models: list[ScoringModel], holdout: Holdout, k: int, metric: str
-) -> list[dict[str, Any]]:
+def search_weights(models: list[ScoringModel], holdout: Holdout, k: int) -> list[dict[str, Any]]:
     """HR@k and NDCG@k on ``holdout`` of every grid point, in grid order."""
     terms = [standardised_candidates(m, holdout) for m in models]
     valid = torch.as_tensor(holdout.candidates()) >= 0
@@ -94,7 +93,7 @@ def _parse_weights(weights: Sequence[float], parts: int) -> list[float]:
     if len(weights) != parts:
         raise ConfigError(f"--weights needs one weight per run ({parts}), got {len(weights)}")
     total = float(sum(weights))
-    if any(w < 0 for w in weights) or not total > 0:
+    if not all(0 <= w < math.inf for w in weights) or not total > 0:
         raise ConfigError(f"--weights must be ≥ 0 and not all 0, got {list(weights)}")
     return [float(w) / total for w in weights]
 
@@ -133,6 +132,8 @@ def blend_runs(
             )
     if weights is not None:
         weights = _parse_weights(weights, len(runs))
+    else:
+        simplex_grid(len(runs))  # fail before loading anything: too many runs to search
     loaded = [load_model(run) for run in runs]
     if any(run.model.name == Blend.name for run in loaded):
         raise ConfigError("a blend's runs must be trained models, not blends")
@@ -149,7 +150,7 @@ def blend_runs(
             raise ConfigError(
                 f"{runs[0]} has no validation holdout to choose the weights on; give --weights"
             )
-        search = search_weights(models, split.validation, k, metric)
+        search = search_weights(models, split.validation, k)
         other = "hr" if metric == "ndcg" else "ndcg"
         best = max(search, key=lambda row: (row[f"{metric}@{k}"], row[f"{other}@{k}"]))
         weights = best["weights"]
