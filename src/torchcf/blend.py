@@ -31,7 +31,7 @@ from torchcf.experiment import (
     versions,
 )
 from torchcf.io import atomic_directory, write_json
-from torchcf.models import Blend, ScoringModel, standardise
+from torchcf.models import Blend, ScoringModel, standardise, weighted_sum
 from torchcf.persistence import load_model, save_model
 from torchcf.split import Holdout
 
@@ -77,12 +77,7 @@ def search_weights(models: list[ScoringModel], holdout: Holdout, k: int) -> list
     valid = torch.as_tensor(holdout.candidates()) >= 0
     table = []
     for weights in simplex_grid(len(models)):
-        total: torch.Tensor | None = None
-        for w, term in zip(weights, terms, strict=True):
-            if w > 0:
-                total = w * term if total is None else total + w * term
-        assert total is not None
-        ranks = positive_ranks(total, valid)
+        ranks = positive_ranks(weighted_sum(weights, list(terms)), valid)
         table.append(
             {"weights": list(weights), f"hr@{k}": hit_rate(ranks, k), f"ndcg@{k}": ndcg(ranks, k)}
         )

@@ -26,6 +26,7 @@ __all__ = [
     "ScoringModel",
     "gather_scores",
     "standardise",
+    "weighted_sum",
 ]
 
 
@@ -431,6 +432,19 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
     return centred / centred.std(-1, keepdim=True).clamp_min(1e-12)
 
 
+def weighted_sum(
+    weights: list[float] | tuple[float, ...], terms: list[torch.Tensor | None]
+) -> torch.Tensor:
+    """``Σ w_k · terms_k`` over the positive weights, in order (``None``: a term of weight 0)."""
+    total: torch.Tensor | None = None
+    for w, term in zip(weights, terms, strict=True):
+        if w > 0 and term is not None:
+            total = w * term if total is None else total + w * term
+    if total is None:
+        raise ConfigError("a weighted sum needs a positive weight")
+    return total
+
+
 class Blend(ScoringModel):
     """A weighted sum of trained models' scores, each standardised per user over all items:
     ``score(u, ·) = Σ_k w_k · (s_k(u, ·) − mean) / std``. The scales of different models'
@@ -456,20 +470,23 @@ class Blend(ScoringModel):
         super().__init__(num_users, num_items)
         from torchcf.registry import MODELS  # parts are any registered model (import cycle)
 
-        if len(parts) < 2 or len(weights) != len(parts):
-            raise ConfigError(
-                f"a blend needs two or more parts and one weight each, got {len(parts)} "
-                f"parts and {len(weights)} weights"
-            )
-        if any(not np.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
-            raise ConfigError(f"blend weights must be ≥ 0 and not all 0, got {list(weights)}")
         built = []
         for spec in parts:
             name = spec.get("model")
             if name not in MODELS or name == self.name:
                 raise ConfigError(f"a blend part must be a trained model, got {name!r}")
             built.append(MODELS[name](num_users, num_items, **spec.get("hparams", {})))
-        self.parts = nn.ModuleList(built)
+        self._assemble(built, weights)
+
+    def _assemble(self, models: list[ScoringModel], weights: list[float]) -> None:
+        if len(models) < 2 or len(weights) != len(models):
+            raise ConfigError(
+                f"a blend needs two or more parts and one weight each, got {len(models)} "
+                f"parts and {len(weights)} weights"
+            )
+        if any(not np.isfinite(w) or w < 0 for w in weights) or not sum(weights) > 0:
+            raise ConfigError(f"blend weights must be ≥ 0 and not all 0, got {list(weights)}")
+        self.parts = nn.ModuleList(models)
         self.weights = [float(w) for w in weights]
 
     @classmethod
@@ -477,9 +494,9 @@ class Blend(ScoringModel):
         """A blend of trained ``models`` (same users and items), sharing their weights."""
         if len({(m.num_users, m.num_items) for m in models}) > 1:
             raise ConfigError("blend parts must have the same users and items")
-        specs = [{"model": m.name, "hparams": m.hparams()} for m in models]
-        blend = cls(models[0].num_users, models[0].num_items, specs, weights)
-        blend.parts = nn.ModuleList(models)
+        blend = cls.__new__(cls)  # the parts exist already: nothing to build from specs
+        ScoringModel.__init__(blend, models[0].num_users, models[0].num_items)
+        blend._assemble(models, weights)
         return blend
 
     @property
@@ -493,13 +510,8 @@ class Blend(ScoringModel):
 
     def combine(self, part_scores: list[torch.Tensor | None]) -> torch.Tensor:
         """The weighted sum of the parts' standardised rows (``None``: a part of weight 0)."""
-        total: torch.Tensor | None = None
-        for w, scores in zip(self.weights, part_scores, strict=True):
-            if w > 0 and scores is not None:
-                term = w * standardise(scores.float())
-                total = term if total is None else total + term
-        assert total is not None  # some weight is positive
-        return total
+        terms = [None if s is None else standardise(s.float()) for s in part_scores]
+        return weighted_sum(self.weights, terms)
 
     def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         if chunk is None:
