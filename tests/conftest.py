@@ -73,3 +73,39 @@ def tiny_rows(
             t += int(rng.integers(1, 100))
             rows.append((u, int(i), int(rng.integers(1, 6)), t))
     return rows
+
+
+def adam_reference(name, config, batches, forward=None, num_users=30, num_items=25, **kwargs):
+    """autograd + torch.optim.Adam on ``batches``: (model, every batch's logits).
+
+    ``forward(model, step, users, items)`` (step counted from 1) replaces ``model(users, items)``.
+    """
+    from torchcf.losses import bce_with_logits
+    from torchcf.registry import build_model
+
+    reference = build_model(name, num_users, num_items, seed=0, **kwargs)
+    optimizer = torch.optim.Adam(
+        reference.parameters(),
+        lr=config.learning_rate,
+        betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+    )
+    out = []
+    for step, (users, items, labels) in enumerate(batches, start=1):
+        if forward is None:
+            logits = reference(users, items)
+        else:
+            logits = forward(reference, step, users, items)
+        loss = bce_with_logits(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        out.append(logits.detach())
+    return reference, out
+
+
+def assert_same_parameters(reference, model, tol=1e-4):
+    """Every parameter within ``tol`` relative (Frobenius) error of the reference's."""
+    for want, got in zip(reference.parameters(), model.parameters(), strict=True):
+        rel = (got - want).norm() / want.norm()
+        assert rel < tol, float(rel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import adam_reference, assert_same_parameters
 from torchcf import native
 from torchcf.config import TrainConfig
 from torchcf.losses import bce_with_logits
@@ -14,12 +15,28 @@ from torchcf.steps import (
     DotProductAdamStep,
     FlatAdamStep,
     NativeDotProductAdamStep,
+    NativeTowerAdamStep,
     make_step,
 )
 
 needs_kernel = pytest.mark.skipif(
     native.load() is None, reason="no C++ compiler here: the compiled kernel is not built"
 )
+
+
+# small models for the kernels: MF/GMF rows of 8; towers 4 factors, 3 layers (rows of 16)
+KERNEL_KWARGS = {
+    "mf": {"embedding_dim": 8, "init_std": 0.1},
+    "gmf": {"embedding_dim": 8, "init_std": 0.1},
+    "mlp": {"embedding_dim": 4, "layers": 3, "init_std": 0.1},
+    "neumf": {"embedding_dim": 4, "layers": 3, "init_std": 0.1},
+}
+KERNEL_STEPS = {
+    "mf": NativeDotProductAdamStep,
+    "gmf": NativeDotProductAdamStep,
+    "mlp": NativeTowerAdamStep,
+    "neumf": NativeTowerAdamStep,
+}
 
 
 def _batches(steps=300, batch=32, users=30, items=25, seed=0):
@@ -66,36 +83,8 @@ def test_make_step_choice(monkeypatch):
     assert type(make_step(gmf, TrainConfig())) is DotProductAdamStep
 
 
-def _reference_run(name, config, batches, **model_kwargs):
-    """torch.optim.Adam + autograd on ``batches``: (model, every batch's logits)."""
-    reference = build_model(name, 30, 25, seed=0, **model_kwargs)
-    optimizer = torch.optim.Adam(
-        reference.parameters(),
-        lr=config.learning_rate,
-        betas=(config.beta1, config.beta2),
-        weight_decay=config.weight_decay,
-    )
-    out = []
-    for users, items, labels in batches:
-        logits = reference(users, items)
-        loss = bce_with_logits(logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        out.append(logits.detach())
-    return reference, out
-
-
-def _assert_same_parameters(reference, model):
-    for (key, want), got in zip(
-        reference.state_dict().items(), model.state_dict().values(), strict=True
-    ):
-        rel = (got - want).norm() / want.norm()
-        assert rel < 1e-4, (key, float(rel))
-
-
 @needs_kernel
-@pytest.mark.parametrize("name", ["mf", "gmf"])
+@pytest.mark.parametrize("name", ["mf", "gmf", "mlp", "neumf"])
 @pytest.mark.parametrize(
     "settings",
     [{}, {"weight_decay": 0.01}, {"beta1": 0.8, "beta2": 0.95}],
@@ -105,37 +94,42 @@ def test_compiled_kernel_matches_torch_adam(name, settings):
     """Several hundred steps, one call per batch: logits and parameters as torch.optim.Adam."""
     config = TrainConfig(model=name, learning_rate=0.01, **settings)
     batches = list(_batches(steps=400))
-    kwargs = {"embedding_dim": 8, "init_std": 0.1}
-    reference, want = _reference_run(name, config, batches, **kwargs)
+    kwargs = KERNEL_KWARGS[name]
+    reference, want = adam_reference(name, config, batches, **kwargs)
     fast = build_model(name, 30, 25, seed=0, **kwargs)
     step = make_step(fast, config)
-    assert isinstance(step, NativeDotProductAdamStep)
+    assert type(step) is KERNEL_STEPS[name]
     for (users, items, labels), logits in zip(batches, want, strict=True):
         assert torch.allclose(step(users, items, labels), logits, rtol=1e-4, atol=1e-5)
-    _assert_same_parameters(reference, fast)
+    assert_same_parameters(reference, fast)
 
 
 @needs_kernel
+@pytest.mark.parametrize("name", ["gmf", "mlp", "neumf"])
 @pytest.mark.parametrize("batch", [32, 4096])  # 4096: the multi-threaded forward and scatter
-def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(batch):
-    """``run`` over an order = the same batches one by one; logits land at their samples."""
+def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(name, batch):
+    """``run`` over an order = the same batches one by one; logits land at their samples, and
+    the loss it returns is theirs."""
     gen = torch.Generator().manual_seed(1)
     n = batch * 6 + 5  # a short last batch
     users = torch.randint(0, 30, (n,), generator=gen)
     items = torch.randint(0, 25, (n,), generator=gen)
     labels = torch.randint(0, 2, (n,), generator=gen).float()
     order = torch.randperm(n, generator=gen)
-    config = TrainConfig(model="gmf", learning_rate=0.01, batch_size=batch)
+    config = TrainConfig(model=name, learning_rate=0.01, batch_size=batch)
     batches = [(users[part], items[part], labels[part]) for part in order.split(batch)]
-    kwargs = {"embedding_dim": 8, "init_std": 0.1}
-    reference, want = _reference_run("gmf", config, batches, **kwargs)
-    fast = build_model("gmf", 30, 25, seed=0, **kwargs)
+    kwargs = KERNEL_KWARGS[name]
+    reference, want = adam_reference(name, config, batches, **kwargs)
+    fast = build_model(name, 30, 25, seed=0, **kwargs)
     step = make_step(fast, config)
     logits = torch.zeros(n)
+    loss = 0.0
     for part in order.split(batch * 4):  # several batches per call, as the trainer does
-        step.run(users, items, labels, order=part, logits=logits)
+        loss += step.run(users, items, labels, order=part, logits=logits)
     assert torch.allclose(logits[order], torch.cat(want), rtol=1e-4, atol=1e-5)
-    _assert_same_parameters(reference, fast)
+    expected = float(bce_with_logits(torch.cat(want).double(), labels[order].double()))
+    assert loss / n == pytest.approx(expected, rel=1e-5)
+    assert_same_parameters(reference, fast)
 
 
 @needs_kernel
@@ -144,7 +138,7 @@ def test_compiled_kernel_state_round_trip():
     config = TrainConfig(model="gmf", learning_rate=0.01)
     batches = list(_batches(steps=60))
     kwargs = {"embedding_dim": 8, "init_std": 0.1}
-    reference, _ = _reference_run("gmf", config, batches, **kwargs)
+    reference, _ = adam_reference("gmf", config, batches, **kwargs)
     first = build_model("gmf", 30, 25, seed=0, **kwargs)
     step = make_step(first, config)
     for batch in batches[:30]:
@@ -154,7 +148,7 @@ def test_compiled_kernel_state_round_trip():
     plain.load_state_dict(step.state_dict())  # the tensor-op step continues from the kernel
     for batch in batches[30:]:
         plain(*batch)
-    _assert_same_parameters(reference, plain.model)
+    assert_same_parameters(reference, plain.model)
 
 
 def test_kernel_bad_input_is_an_error():
@@ -184,8 +178,7 @@ def test_flat_adam_step_matches_torch_adam(name, weight_decay):
     reference = build_model(name, 30, 25, seed=0, **kwargs)
     fast = build_model(name, 30, 25, seed=0, **kwargs)
     optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=weight_decay)
-    step = make_step(fast, config)
-    assert isinstance(step, FlatAdamStep)
+    step = FlatAdamStep(fast, config)  # the autograd path (make_step prefers the kernel)
     for users, items, labels in _batches(steps=200):
         logits = reference(users, items)
         loss = bce_with_logits(logits, labels)

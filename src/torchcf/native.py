@@ -1,4 +1,4 @@
-"""The compiled MF/GMF training kernel (``csrc/dot_adam.cpp``), built on first use.
+"""The compiled training kernels (``csrc/``: MF/GMF and MLP/NeuMF), built on first use.
 
 ``torch.utils.cpp_extension`` compiles it with the machine's C++ compiler (tuned for this CPU)
 into torch's extension cache, so later runs load it in well under a second. Where it cannot be
@@ -18,7 +18,9 @@ from types import ModuleType
 
 __all__ = ["load"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "dot_adam.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "module.cpp"  # includes the kernels: one translation unit
+_PARTS = [_CSRC / name for name in ("module.cpp", "adam.h", "dot_adam.cpp", "tower_adam.cpp")]
 _module: ModuleType | None = None
 _tried = False
 
@@ -49,17 +51,20 @@ def load(verbose: bool = False) -> ModuleType | None:
     try:
         from torch.utils import cpp_extension
 
-        source_hash = hashlib.sha1(_SOURCE.read_bytes()).hexdigest()[:8]
+        digest = hashlib.sha1()
+        for path in _PARTS:
+            digest.update(path.read_bytes())
         _module = cpp_extension.load(
-            name=f"torchcf_dot_adam_{source_hash}_{_cpu_tag()}",
+            name=f"torchcf_kernels_{digest.hexdigest()[:8]}_{_cpu_tag()}",
             sources=[str(_SOURCE)],
+            extra_include_paths=[str(_CSRC)],
             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=verbose,
         )
     except Exception as exc:  # no compiler, no headers, no ninja: fall back to tensor ops
         warnings.warn(
-            f"torchcf: the compiled MF/GMF kernel is unavailable ({type(exc).__name__}: "
+            f"torchcf: the compiled training kernels are unavailable ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); using the slower tensor-op step",
             RuntimeWarning,
             stacklevel=2,

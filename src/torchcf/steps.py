@@ -1,8 +1,10 @@
 """Training steps: the one place where a batch becomes a parameter update.
 
-``AutogradStep`` works for any model (autograd + a torch optimizer). ``DotProductAdamStep`` is
-the exact same update for the MF/GMF family with the gradient written out by hand and Adam
-applied to one flat buffer holding every parameter: identical results (tested against
+``AutogradStep`` works for any model (autograd + a torch optimizer); ``FlatAdamStep`` is autograd
+with Adam fused over one flat buffer holding every parameter. ``DotProductAdamStep`` is the exact
+same update for the MF/GMF family with the gradient written out by hand, and
+``NativeDotProductAdamStep`` / ``NativeTowerAdamStep`` run that hand-written update for MF/GMF and
+for MLP/NeuMF as compiled kernels, many batches a call: identical results (tested against
 ``torch.optim.Adam``), several times less per-step overhead on a CPU.
 """
 
@@ -18,13 +20,14 @@ from torchcf import native
 from torchcf.config import TrainConfig
 from torchcf.errors import ConfigError
 from torchcf.losses import LOSSES
-from torchcf.models import GMF, MF, ScoringModel
+from torchcf.models import GMF, MF, MLP, Dropout, NeuMF, ScoringModel
 
 __all__ = [
     "AutogradStep",
     "DotProductAdamStep",
     "FlatAdamStep",
     "NativeDotProductAdamStep",
+    "NativeTowerAdamStep",
     "TrainStep",
     "make_optimizer",
     "make_step",
@@ -297,40 +300,23 @@ class DotProductAdamStep(FlatAdam):
         return logits
 
 
-class NativeDotProductAdamStep(DotProductAdamStep):
-    """``DotProductAdamStep`` as one compiled C++ kernel (``torchcf.native``) for many batches.
+class _CompiledSteps:
+    """What the compiled kernels' steps share: one call per batch is ``run`` on that batch, and
+    the kernels keep ``sqrt(exp_avg_sq)`` (a square root less per parameter and step) while
+    ``state_dict`` / ``load_state_dict`` speak Adam's usual moments."""
 
-    Same formula, same parameter buffers; a whole run of batches is one call (no per-op
-    dispatch, no Python per batch, the GIL released), with the dense Adam split over torch's
-    threads. Built on first use; ``make_step`` falls back to the tensor-op step without it.
-    The kernel keeps ``sqrt(exp_avg_sq)`` in ``exp_avg_sq`` (a square root less per parameter
-    and step); ``state_dict`` and ``load_state_dict`` speak Adam's usual moments.
-    """
+    exp_avg_sq: torch.Tensor
 
-    def __init__(self, model: MF, config: TrainConfig, kernel: Any) -> None:
-        super().__init__(model, config)
-        if self.flat.device.type != "cpu":
-            raise ConfigError("the compiled MF/GMF kernel runs on the CPU")
-        self.kernel = kernel
-        self.batch_size = config.batch_size
-        self.num_rows = model.num_users + model.num_items
-        self.dim = model.embedding_dim
-
-    def __call__(
-        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        logits = torch.empty(len(users))
-        self.run(users, items, labels, batch_size=len(users), logits=logits)
-        return logits
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["exp_avg_sq"] = state["exp_avg_sq"].square()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.exp_avg_sq.sqrt_()
+    flat: torch.Tensor
+    grad: torch.Tensor
+    exp_avg: torch.Tensor
+    steps: torch.Tensor
+    batch_size: int
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
 
     def run(
         self,
@@ -350,35 +336,102 @@ class NativeDotProductAdamStep(DotProductAdamStep):
         """
         if order is None:
             order = torch.arange(len(users))
-        return self.kernel.dot_adam_batches(
-            self.flat,
-            self.grad,
-            self.exp_avg,
-            self.exp_avg_sq,
-            self.steps,
+        buffers = (self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.steps)
+        samples = (
             users.contiguous(),
             items.contiguous(),
             labels.float().contiguous(),
             order.contiguous(),
             torch.empty(0) if logits is None else logits,
-            self.num_users,
-            self.num_rows,
-            self.dim,
-            self.has_head,
-            batch_size or self.batch_size,
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            self.weight_decay,
         )
+        adam = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
+        return self._launch(buffers + samples, batch_size or self.batch_size, adam)
+
+    def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
+        raise NotImplementedError
+
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        logits = torch.empty(len(users))
+        self.run(users, items, labels, batch_size=len(users), logits=logits)
+        return logits
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()  # type: ignore[misc]
+        state["exp_avg_sq"] = state["exp_avg_sq"].square()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)  # type: ignore[misc]
+        self.exp_avg_sq.sqrt_()
+
+
+class NativeDotProductAdamStep(_CompiledSteps, DotProductAdamStep):
+    """``DotProductAdamStep`` as one compiled C++ kernel (``torchcf.native``) for many batches.
+
+    Same formula, same parameter buffers; a whole run of batches is one call (no per-op
+    dispatch, no Python per batch, the GIL released), with the dense Adam split over torch's
+    threads. Built on first use; ``make_step`` falls back to the tensor-op step without it.
+    The kernel keeps ``sqrt(exp_avg_sq)`` in ``exp_avg_sq`` (a square root less per parameter
+    and step); ``state_dict`` and ``load_state_dict`` speak Adam's usual moments.
+    """
+
+    def __init__(self, model: MF, config: TrainConfig, kernel: Any) -> None:
+        super().__init__(model, config)
+        if self.flat.device.type != "cpu":
+            raise ConfigError("the compiled MF/GMF kernel runs on the CPU")
+        self.kernel = kernel
+        self.batch_size = config.batch_size
+        self.num_rows = model.num_users + model.num_items
+        self.dim = model.embedding_dim
+
+    def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
+        model = (self.num_users, self.num_rows, self.dim, self.has_head)
+        return self.kernel.dot_adam_batches(*args, *model, batch_size, *adam)
+
+
+class NativeTowerAdamStep(_CompiledSteps, FlatAdam):
+    """BCE + Adam for ``MLP`` and ``NeuMF`` as one compiled C++ kernel (``csrc/tower_adam.cpp``).
+
+    The forward pass, the chain rule written out by hand (the tower's products through torch's
+    BLAS) and Adam over the flat buffer, many batches a call with the GIL released. Dense Adam
+    (``optimizer='adam'``) is ``torch.optim.Adam`` exactly (tested); ``'lazy-adam'`` moves only
+    the embedding rows each batch touched (``torch.optim.SparseAdam``'s rule; tower and head
+    dense). Dropout masks come from a counter-based generator keyed by (seed, Adam step, layer),
+    so they repeat on a resumed run and do not depend on threads or call sizes.
+    """
+
+    def __init__(self, model: MLP | NeuMF, config: TrainConfig, kernel: Any) -> None:
+        super().__init__(model, config)
+        if self.flat.device.type != "cpu":
+            raise ConfigError("the compiled MLP/NeuMF kernel runs on the CPU")
+        self.kernel = kernel
+        self.model_dims = (
+            model.num_users,
+            model.num_items,
+            model.embedding_dim if isinstance(model, NeuMF) else 0,
+            model.embedding_dim * 2 ** (model.layers - 1),
+            [m.out_features for m in model.tower if isinstance(m, torch.nn.Linear)],
+        )
+        self.lazy = config.optimizer == "lazy-adam"
+        self.batch_size = config.batch_size
+        self.seed = config.seed
+        drop = Dropout(model.dropout) if model.dropout > 0 else None
+        self.dropout = (drop.threshold, drop.scale) if drop is not None else (0, 1.0)
+
+    def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
+        extra = (self.lazy, *self.dropout, self.seed)
+        return self.kernel.tower_adam_batches(*args, *self.model_dims, batch_size, *adam, *extra)
 
 
 def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
-    """The fastest exact step for ``model`` and ``config``.
+    """The fastest step for ``model`` and ``config``.
 
-    Adam: the analytic step for MF/GMF, else autograd with Adam fused over a flat buffer;
-    ``step='autograd'`` forces plain autograd + ``torch.optim``. Other optimizers: autograd.
+    Adam on a CPU with the compiled kernels: the MF/GMF kernel (analytic gradient) or the
+    MLP/NeuMF kernel (also for ``lazy-adam``); without them the MF/GMF tensor-op step, else
+    autograd with Adam fused over a flat buffer. ``step='autograd'`` forces plain autograd +
+    ``torch.optim``; other optimizers, losses and ``--amp`` take autograd.
     """
     adam = config.optimizer == "adam"
     analytic_ok = (
@@ -388,15 +441,28 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
         and config.loss == "bce"
         and not config.amp
     )
-    if config.step == "analytic" and not analytic_ok:
+    device = next(model.parameters()).device
+    tower_ok = (
+        isinstance(model, MLP | NeuMF)
+        and config.optimizer in ("adam", "lazy-adam")
+        and config.loss == "bce"
+        and not config.amp
+        and device.type == "cpu"
+    )
+    if config.step == "analytic" and not (analytic_ok or tower_ok):
         raise ConfigError(
-            f"--step analytic supports mf and gmf (no biases, no --amp) with adam and bce, "
-            f"not {model.name} with {config.optimizer} and {config.loss}"
+            f"--step analytic supports mf and gmf (no biases) with adam, and mlp and neumf on a "
+            f"cpu with adam or lazy-adam, all with bce and no --amp; not {model.name} with "
+            f"{config.optimizer} and {config.loss}"
         )
+    if tower_ok and config.step != "autograd":
+        kernel = native.load()
+        if kernel is not None:
+            assert isinstance(model, MLP | NeuMF)
+            return NativeTowerAdamStep(model, config, kernel)
     if config.step == "autograd" or not adam:
         return AutogradStep(model, config)
     if analytic_ok and isinstance(model, MF):
-        device = next(model.parameters()).device
         kernel = native.load() if device.type == "cpu" else None
         if kernel is not None:
             return NativeDotProductAdamStep(model, config, kernel)

@@ -1,0 +1,159 @@
+"""The compiled MLP/NeuMF step: lazy-adam as torch.optim.SparseAdam, dropout replayed by
+autograd, state round trip, the step chosen. (Dense Adam against torch.optim.Adam and whole
+shuffled epochs per call: ``test_steps.py``, with the MF/GMF kernel.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import adam_reference, assert_same_parameters
+from torchcf import native
+from torchcf.config import TrainConfig
+from torchcf.models import Dropout
+from torchcf.registry import build_model
+from torchcf.steps import AutogradStep, FlatAdamStep, NativeTowerAdamStep, make_step
+
+pytestmark = pytest.mark.skipif(
+    native.load() is None, reason="no C++ compiler here: the compiled kernel is not built"
+)
+
+KWARGS = {"embedding_dim": 4, "layers": 3, "init_std": 0.1}  # embeddings 16 wide, tower 32-16-8-4
+
+
+def _samples(n, seed=0, users=30, items=25):
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randint(0, users, (n,), generator=gen),
+        torch.randint(0, items, (n,), generator=gen),
+        torch.randint(0, 2, (n,), generator=gen).float(),
+    )
+
+
+def _batches(steps, batch=32, seed=0):
+    users, items, labels = _samples(steps * batch, seed)
+    return list(zip(users.split(batch), items.split(batch), labels.split(batch), strict=True))
+
+
+def _forward(model, users, items, keeps=None):
+    """The model's score with dropout factors ``keeps[l]`` (or none) after each ReLU."""
+    linears = [m for m in model.tower if isinstance(m, nn.Linear)]
+    if model.name == "mlp":
+        tables = (model.user_embedding, model.item_embedding)
+    else:
+        tables = (model.mlp_user_embedding, model.mlp_item_embedding)
+    h = torch.cat([tables[0](users), tables[1](items)], dim=-1)
+    for layer, linear in enumerate(linears):
+        h = torch.relu(linear(h))
+        if keeps is not None:
+            h = h * keeps[layer]
+    if model.name == "neumf":
+        gmf = model.gmf_user_embedding(users) * model.gmf_item_embedding(items)
+        h = torch.cat([gmf, h], dim=-1)
+    return h @ model.head.weight[0] + model.head.bias[0]
+
+
+@pytest.mark.parametrize("name", ["mlp", "neumf"])
+def test_lazy_adam_kernel_matches_sparse_adam(name):
+    """lazy-adam: only the rows a batch touched move, as torch.optim.SparseAdam (+ dense Adam
+    for the tower and head) moves them; rows never sampled keep their initial values."""
+    config = TrainConfig(model=name, learning_rate=0.01, optimizer="lazy-adam")
+    batches = _batches(200, batch=16)
+    reference = build_model(name, 30, 25, seed=0, **KWARGS)
+    slow = AutogradStep(reference, config)
+    fast = build_model(name, 30, 25, seed=0, **KWARGS)
+    step = make_step(fast, config)
+    assert isinstance(step, NativeTowerAdamStep) and step.lazy
+    for users, items, labels in batches:
+        assert torch.allclose(
+            step(users, items, labels), slow(users, items, labels), rtol=1e-4, atol=1e-5
+        )
+    assert_same_parameters(reference, fast)
+    # a user no batch sampled: its rows are where they started
+    seen = torch.cat([b[0] for b in batches]).unique()
+    fresh = build_model(name, 31, 25, seed=0, **KWARGS)  # one more user, never sampled
+    fresh_step = make_step(fresh, config)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    for users, items, labels in batches[:5]:
+        fresh_step(users, items, labels)
+    table = "user_embedding.weight" if name == "mlp" else "mlp_user_embedding.weight"
+    assert torch.equal(fresh.state_dict()[table][30], before[table][30])
+    assert not torch.equal(fresh.state_dict()[table][seen[0]], before[table][seen[0]])
+
+
+@pytest.mark.parametrize("name", ["mlp", "neumf"])
+def test_tower_kernel_dropout_replayed_by_autograd(name):
+    """With dropout, each step equals autograd on the kernel's own masks (``dropout_keep``)."""
+    kernel = native.load()
+    config = TrainConfig(model=name, learning_rate=0.01, seed=7)
+    drop = Dropout(0.25)
+    widths = [16, 8, 4]  # KWARGS' tower
+
+    def keeps_of(step, n):
+        return [
+            kernel.dropout_keep(7, step, layer, n * w, drop.threshold, drop.scale).view(n, w)
+            for layer, w in enumerate(widths)
+        ]
+
+    def forward(model, step, users, items):
+        return _forward(model, users, items, keeps_of(step, len(users)))
+
+    batches = _batches(60)
+    reference, want = adam_reference(
+        name, config, batches, forward=forward, **{**KWARGS, "dropout": 0.0}
+    )
+    fast = build_model(name, 30, 25, seed=0, **KWARGS, dropout=0.25)
+    step = make_step(fast, config)
+    for (users, items, labels), logits in zip(batches, want, strict=True):
+        assert torch.allclose(step(users, items, labels), logits, rtol=1e-4, atol=1e-5)
+    assert_same_parameters(reference, fast)
+
+
+def test_dropout_masks_are_random_and_keyed():
+    kernel = native.load()
+    drop = Dropout(0.2)
+    keep = kernel.dropout_keep(0, 1, 0, 200_000, drop.threshold, drop.scale)
+    assert set(keep.unique().tolist()) == {0.0, float(torch.tensor(drop.scale))}
+    assert float((keep == 0).float().mean()) == pytest.approx(drop.threshold / 256, abs=0.005)
+    assert float(keep.mean()) == pytest.approx(1.0, abs=0.01)  # inverted dropout: E = 1
+    same = kernel.dropout_keep(0, 1, 0, 200_000, drop.threshold, drop.scale)
+    assert torch.equal(keep, same)
+    for other in ((1, 1, 0), (0, 2, 0), (0, 1, 1)):  # seed, step, layer
+        mask = kernel.dropout_keep(*other, 200_000, drop.threshold, drop.scale)
+        agree = float((mask == keep).float().mean())
+        assert agree < 0.75  # independent masks agree on ~68 % of units (0.8² + 0.2²)
+
+
+def test_tower_kernel_state_round_trip():
+    """The kernel keeps sqrt(v); its state_dict speaks Adam's v: autograd resumes from it."""
+    config = TrainConfig(model="neumf", learning_rate=0.01)
+    batches = _batches(60)
+    reference, _ = adam_reference("neumf", config, batches, **KWARGS)
+    first = build_model("neumf", 30, 25, seed=0, **KWARGS)
+    step = make_step(first, config)
+    for batch in batches[:30]:
+        step(*batch)
+    plain = FlatAdamStep(build_model("neumf", 30, 25, seed=0, **KWARGS), config)
+    plain.model.load_state_dict(first.state_dict())
+    plain.load_state_dict(step.state_dict())
+    for batch in batches[30:]:
+        plain(*batch)
+    assert_same_parameters(reference, plain.model)
+
+
+def test_make_step_choice_for_towers(monkeypatch):
+    mlp = build_model("mlp", 3, 3, seed=0, **KWARGS)
+    assert type(make_step(mlp, TrainConfig(model="mlp"))) is NativeTowerAdamStep
+    assert type(make_step(mlp, TrainConfig(model="mlp", step="analytic"))) is NativeTowerAdamStep
+    assert type(make_step(mlp, TrainConfig(model="mlp", step="autograd"))) is AutogradStep
+    assert type(make_step(mlp, TrainConfig(model="mlp", optimizer="sgd"))) is AutogradStep
+    assert type(make_step(mlp, TrainConfig(model="mlp", amp=True))) is FlatAdamStep
+    monkeypatch.setattr(native, "load", lambda: None)
+    assert type(make_step(mlp, TrainConfig(model="mlp"))) is FlatAdamStep
+
+
+def test_tower_kernel_bad_input_is_an_error():
+    step = make_step(build_model("mlp", 3, 3, seed=0, **KWARGS), TrainConfig(model="mlp"))
+    with pytest.raises(RuntimeError, match="item index out of range"):
+        step(torch.tensor([0]), torch.tensor([3]), torch.tensor([1.0]))
