@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from torchcf.data.interactions import Interactions
 
@@ -78,7 +79,7 @@ def tiny_rows(
 def adam_reference(name, config, batches, forward=None, num_users=30, num_items=25, **kwargs):
     """autograd + torch.optim.Adam on ``batches``: (model, every batch's logits).
 
-    ``forward(model, step, users, items)`` (step counted from 1) replaces ``model(users, items)``.
+    ``forward(model, users, items, step)`` (step counted from 1) replaces ``model(users, items)``.
     """
     from torchcf.losses import bce_with_logits
     from torchcf.registry import build_model
@@ -95,7 +96,7 @@ def adam_reference(name, config, batches, forward=None, num_users=30, num_items=
         if forward is None:
             logits = reference(users, items)
         else:
-            logits = forward(reference, step, users, items)
+            logits = forward(reference, users, items, step)
         loss = bce_with_logits(logits, labels)
         optimizer.zero_grad()
         loss.backward()
@@ -109,3 +110,24 @@ def assert_same_parameters(reference, model, tol=1e-4):
     for want, got in zip(reference.parameters(), model.parameters(), strict=True):
         rel = (got - want).norm() / want.norm()
         assert rel < tol, float(rel)
+
+
+def tower_forward(model, users, items, keeps=None):
+    """An MLP's / NeuMF's score written as the NCF formula (the tower on the concatenated rows,
+    as the compiled kernel computes it), with dropout factors ``keeps[l]`` (or none) after each
+    ReLU. (The models split the first layer instead; Adam's sign-like first steps turn the
+    different float rounding of near-zero gradient sums into visible drift over many steps.)"""
+    linears = [m for m in model.tower if isinstance(m, nn.Linear)]
+    if model.name == "mlp":
+        tables = (model.user_embedding, model.item_embedding)
+    else:
+        tables = (model.mlp_user_embedding, model.mlp_item_embedding)
+    h = torch.cat([tables[0](users), tables[1](items)], dim=-1)
+    for layer, linear in enumerate(linears):
+        h = torch.relu(linear(h))
+        if keeps is not None:
+            h = h * keeps[layer]
+    if model.name == "neumf":
+        gmf = model.gmf_user_embedding(users) * model.gmf_item_embedding(items)
+        h = torch.cat([gmf, h], dim=-1)
+    return h @ model.head.weight[0] + model.head.bias[0]

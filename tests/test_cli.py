@@ -265,7 +265,9 @@ def test_flags_override_each_models_recipe():
 
     args = build_parser().parse_args(["train", "--data", "x", "--model", "mlp", "--epochs", "3"])
     mlp = _config(args, "mlp")
-    assert (mlp.epochs, mlp.batch_size, mlp.dropout) == (3, 1024, 0.2)  # given, recipe, recipe
+    assert (mlp.epochs, mlp.batch_size, mlp.dropout) == (3, 256, 0.2)  # given, seed, recipe
+    dropout = build_parser().parse_args(["train", "--data", "x", "--dropout", "0.1"])
+    assert (_config(dropout, "neumf").dropout, _config(dropout, "neumf").epochs) == (0.1, 12)
     gmf = _config(args, "gmf")
     assert (gmf.epochs, gmf.batch_size, gmf.dropout, gmf.optimizer) == (3, 256, 0.0, "adam")
     finetune = _config(build_parser().parse_args(["train", "--data", "x"]), "neumf", True)

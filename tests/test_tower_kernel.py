@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from conftest import adam_reference, assert_same_parameters
+from conftest import adam_reference, assert_same_parameters, tower_forward
 from torchcf import native
 from torchcf.config import TrainConfig
 from torchcf.models import Dropout
 from torchcf.registry import build_model
-from torchcf.steps import AutogradStep, FlatAdamStep, NativeTowerAdamStep, make_step
+from torchcf.steps import (
+    TOWER_OPTIMIZERS,
+    AutogradStep,
+    FlatAdamStep,
+    NativeTowerAdamStep,
+    make_step,
+)
 
 pytestmark = pytest.mark.skipif(
     native.load() is None, reason="no C++ compiler here: the compiled kernel is not built"
@@ -36,24 +41,6 @@ def _batches(steps, batch=32, seed=0):
     return list(zip(users.split(batch), items.split(batch), labels.split(batch), strict=True))
 
 
-def _forward(model, users, items, keeps=None):
-    """The model's score with dropout factors ``keeps[l]`` (or none) after each ReLU."""
-    linears = [m for m in model.tower if isinstance(m, nn.Linear)]
-    if model.name == "mlp":
-        tables = (model.user_embedding, model.item_embedding)
-    else:
-        tables = (model.mlp_user_embedding, model.mlp_item_embedding)
-    h = torch.cat([tables[0](users), tables[1](items)], dim=-1)
-    for layer, linear in enumerate(linears):
-        h = torch.relu(linear(h))
-        if keeps is not None:
-            h = h * keeps[layer]
-    if model.name == "neumf":
-        gmf = model.gmf_user_embedding(users) * model.gmf_item_embedding(items)
-        h = torch.cat([gmf, h], dim=-1)
-    return h @ model.head.weight[0] + model.head.bias[0]
-
-
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
 def test_lazy_adam_kernel_matches_sparse_adam(name):
     """lazy-adam: only the rows a batch touched move, as torch.optim.SparseAdam (+ dense Adam
@@ -64,7 +51,8 @@ def test_lazy_adam_kernel_matches_sparse_adam(name):
     slow = AutogradStep(reference, config)
     fast = build_model(name, 30, 25, seed=0, **KWARGS)
     step = make_step(fast, config)
-    assert isinstance(step, NativeTowerAdamStep) and step.lazy
+    assert isinstance(step, NativeTowerAdamStep)
+    assert TOWER_OPTIMIZERS[step.optimizer] == "lazy-adam"
     for users, items, labels in batches:
         assert torch.allclose(
             step(users, items, labels), slow(users, items, labels), rtol=1e-4, atol=1e-5
@@ -83,6 +71,23 @@ def test_lazy_adam_kernel_matches_sparse_adam(name):
 
 
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_kernel_matches_torch_sgd(name, weight_decay):
+    """sgd (NeuMF's fine-tuning): torch.optim.SGD without momentum, step for step."""
+    config = TrainConfig(model=name, optimizer="sgd", learning_rate=0.3, weight_decay=weight_decay)
+    reference = build_model(name, 30, 25, seed=0, **KWARGS)
+    slow = AutogradStep(reference, config)
+    fast = build_model(name, 30, 25, seed=0, **KWARGS)
+    step = make_step(fast, config)
+    assert TOWER_OPTIMIZERS[step.optimizer] == "sgd"
+    for users, items, labels in _batches(200):
+        assert torch.allclose(
+            step(users, items, labels), slow(users, items, labels), rtol=1e-4, atol=1e-5
+        )
+    assert_same_parameters(reference, fast)
+
+
+@pytest.mark.parametrize("name", ["mlp", "neumf"])
 def test_tower_kernel_dropout_replayed_by_autograd(name):
     """With dropout, each step equals autograd on the kernel's own masks (``dropout_keep``)."""
     kernel = native.load()
@@ -96,8 +101,8 @@ def test_tower_kernel_dropout_replayed_by_autograd(name):
             for layer, w in enumerate(widths)
         ]
 
-    def forward(model, step, users, items):
-        return _forward(model, users, items, keeps_of(step, len(users)))
+    def forward(model, users, items, step):
+        return tower_forward(model, users, items, keeps_of(step, len(users)))
 
     batches = _batches(60)
     reference, want = adam_reference(
@@ -147,7 +152,8 @@ def test_make_step_choice_for_towers(monkeypatch):
     assert type(make_step(mlp, TrainConfig(model="mlp"))) is NativeTowerAdamStep
     assert type(make_step(mlp, TrainConfig(model="mlp", step="analytic"))) is NativeTowerAdamStep
     assert type(make_step(mlp, TrainConfig(model="mlp", step="autograd"))) is AutogradStep
-    assert type(make_step(mlp, TrainConfig(model="mlp", optimizer="sgd"))) is AutogradStep
+    assert type(make_step(mlp, TrainConfig(model="mlp", optimizer="sgd"))) is NativeTowerAdamStep
+    assert type(make_step(mlp, TrainConfig(model="mlp", optimizer="adagrad"))) is AutogradStep
     assert type(make_step(mlp, TrainConfig(model="mlp", amp=True))) is FlatAdamStep
     monkeypatch.setattr(native, "load", lambda: None)
     assert type(make_step(mlp, TrainConfig(model="mlp"))) is FlatAdamStep

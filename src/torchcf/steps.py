@@ -391,6 +391,9 @@ class NativeDotProductAdamStep(_CompiledSteps, DotProductAdamStep):
         return self.kernel.dot_adam_batches(*args, *model, batch_size, *adam)
 
 
+TOWER_OPTIMIZERS = ("adam", "lazy-adam", "sgd")  # what the compiled MLP/NeuMF kernel runs
+
+
 class NativeTowerAdamStep(_CompiledSteps, FlatAdam):
     """BCE + Adam for ``MLP`` and ``NeuMF`` as one compiled C++ kernel (``csrc/tower_adam.cpp``).
 
@@ -398,7 +401,8 @@ class NativeTowerAdamStep(_CompiledSteps, FlatAdam):
     BLAS) and Adam over the flat buffer, many batches a call with the GIL released. Dense Adam
     (``optimizer='adam'``) is ``torch.optim.Adam`` exactly (tested); ``'lazy-adam'`` moves only
     the embedding rows each batch touched (``torch.optim.SparseAdam``'s rule; tower and head
-    dense). Dropout masks come from a counter-based generator keyed by (seed, Adam step, layer),
+    dense); ``'sgd'`` is ``torch.optim.SGD`` without momentum (NeuMF's fine-tuning). Dropout
+    masks come from a counter-based generator keyed by (seed, Adam step, layer),
     so they repeat on a resumed run and do not depend on threads or call sizes.
     """
 
@@ -414,14 +418,14 @@ class NativeTowerAdamStep(_CompiledSteps, FlatAdam):
             model.embedding_dim * 2 ** (model.layers - 1),
             [m.out_features for m in model.tower if isinstance(m, torch.nn.Linear)],
         )
-        self.lazy = config.optimizer == "lazy-adam"
+        self.optimizer = TOWER_OPTIMIZERS.index(config.optimizer)  # the kernel's code
         self.batch_size = config.batch_size
         self.seed = config.seed
         drop = Dropout(model.dropout) if model.dropout > 0 else None
         self.dropout = (drop.threshold, drop.scale) if drop is not None else (0, 1.0)
 
     def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
-        extra = (self.lazy, *self.dropout, self.seed)
+        extra = (self.optimizer, *self.dropout, self.seed)
         return self.kernel.tower_adam_batches(*args, *self.model_dims, batch_size, *adam, *extra)
 
 
@@ -444,7 +448,7 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     device = next(model.parameters()).device
     tower_ok = (
         isinstance(model, MLP | NeuMF)
-        and config.optimizer in ("adam", "lazy-adam")
+        and config.optimizer in TOWER_OPTIMIZERS
         and config.loss == "bce"
         and not config.amp
         and device.type == "cpu"
@@ -452,7 +456,7 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     if config.step == "analytic" and not (analytic_ok or tower_ok):
         raise ConfigError(
             f"--step analytic supports mf and gmf (no biases) with adam, and mlp and neumf on a "
-            f"cpu with adam or lazy-adam, all with bce and no --amp; not {model.name} with "
+            f"cpu with adam, lazy-adam or sgd, all with bce and no --amp; not {model.name} with "
             f"{config.optimizer} and {config.loss}"
         )
     if tower_ok and config.step != "autograd":

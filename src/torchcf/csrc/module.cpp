@@ -7,7 +7,7 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dot_adam_batches", &dot_adam_batches, "exact BCE + Adam steps for MF/GMF",
         py::call_guard<py::gil_scoped_release>());
-  m.def("tower_adam_batches", &tower_adam_batches, "BCE + Adam steps for MLP/NeuMF",
+  m.def("tower_adam_batches", &tower_adam_batches, "BCE + Adam or SGD steps for MLP/NeuMF",
         py::call_guard<py::gil_scoped_release>());
   m.def("dropout_keep", &dropout_keep, "the tower kernel's dropout factors for one layer/step");
 }

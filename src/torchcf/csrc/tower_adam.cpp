@@ -12,7 +12,8 @@
 // Dense Adam (default) moves every parameter every step, exactly torch.optim.Adam (rows no
 // sample touched take the zero-gradient form); lazy Adam moves only the rows a batch touched
 // (their moments too; the tower and head stay dense), torch.optim.SparseAdam's rule (its eps
-// is added before the bias correction).
+// is added before the bias correction); SGD is torch.optim.SGD without momentum (NeuMF's
+// fine-tuning after pretraining).
 #include "adam.h"
 
 #include <c10/core/GradMode.h>
@@ -45,6 +46,17 @@ void fill_keep(float* keep, int64_t count, uint64_t seed, int64_t step, int64_t 
   }
 }
 
+constexpr int64_t kAdam = 0, kLazyAdam = 1, kSgd = 2;
+
+// plain SGD (torch.optim.SGD without momentum): p -= lr (g + weight_decay p); clears g
+inline void sgd_update(float* p, float* g, int64_t n, float lr, float weight_decay) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    p[j] -= lr * (g[j] + weight_decay * p[j]);
+    g[j] = 0.0f;
+  }
+}
+
 }  // namespace
 
 // The dropout factors the kernel uses for `layer` at Adam step `step` (1-based, the step being
@@ -67,13 +79,15 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
                           torch::Tensor logits, int64_t num_users, int64_t num_items,
                           int64_t gmf_dim, int64_t width, std::vector<int64_t> layer_widths,
                           int64_t batch_size, double lr, double beta1, double beta2, double eps,
-                          double weight_decay, bool lazy, int64_t dropout_threshold,
+                          double weight_decay, int64_t optimizer, int64_t dropout_threshold,
                           double dropout_scale, int64_t seed) {
   for (const auto* t : {&flat, &grad, &exp_avg, &exp_avg_sqrt, &logits}) {
     check(*t, torch::kFloat32, "a parameter, moment or logit buffer");
   }
   TORCH_CHECK(batch_size > 0, "batch_size must be positive");
   TORCH_CHECK(!layer_widths.empty(), "the tower needs a layer");
+  TORCH_CHECK(optimizer >= kAdam && optimizer <= kSgd, "optimizer: 0 adam, 1 lazy adam, 2 sgd");
+  const bool lazy = optimizer == kLazyAdam, sgd = optimizer == kSgd;
   TORCH_CHECK(logits.numel() == 0 || logits.numel() == users.numel(),
               "logits: one per sample, or none");
   const Samples samples = gather_samples(users, items, labels, order, num_users, num_items);
@@ -274,6 +288,24 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
         }
       }
     });
+    if (sgd) {  // rows no sample touched have no gradient: only weight decay moves them
+      const float lr_f = static_cast<float>(lr), wd_f = static_cast<float>(weight_decay);
+      at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          if (touched[row] || weight_decay != 0.0) {
+            if (gmf_dim > 0) {
+              const int64_t o = gmf_table + row * gmf_dim;
+              sgd_update(P + o, G + o, gmf_dim, lr_f, wd_f);
+            }
+            const int64_t o = mlp_table + row * width;
+            sgd_update(P + o, G + o, width, lr_f, wd_f);
+          }
+          touched[row] = 0;
+        }
+      });
+      sgd_update(P + dense_start, G + dense_start, flat.numel() - dense_start, lr_f, wd_f);
+      continue;
+    }
     // Adam: the tables row by row, then the dense tower and head
     const AdamCoefficients c = adam_coefficients(step, lr, beta1, beta2, eps, weight_decay);
     const bool decay_only_ok = weight_decay == 0.0;  // else every gradient is non-zero
