@@ -271,6 +271,6 @@ def test_flags_override_each_models_recipe():
     gmf = _config(args, "gmf")
     assert (gmf.epochs, gmf.batch_size, gmf.dropout, gmf.optimizer) == (3, 256, 0.0, "adam")
     finetune = _config(build_parser().parse_args(["train", "--data", "x"]), "neumf", True)
-    assert (finetune.optimizer, finetune.learning_rate, finetune.epochs) == ("sgd", 0.05, 2)
+    assert (finetune.optimizer, finetune.learning_rate, finetune.epochs) == ("adam", 1e-5, 2)
     given = build_parser().parse_args(["compare", "--data", "x", "--out", "o", "--dropout", "0"])
     assert _config(given, "mlp").dropout == 0.0 and _config(given, "mlp").validation is True
