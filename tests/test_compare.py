@@ -55,7 +55,8 @@ def test_compare_writes_report_curves_and_results(spec, tmp_path):
     assert {s["batch_size"] for s in settings.values()} == {64}
     assert settings["mlp"]["dropout"] == settings["neumf"]["dropout"] == 0.2
     assert settings["gmf"]["dropout"] == 0.0 and settings["gmf"]["optimizer"] == "adam"
-    assert settings["neumf-pre"]["optimizer"] == "sgd" and settings["neumf-pre"]["epochs"] == 2
+    finetune = (settings["neumf-pre"]["optimizer"], settings["neumf-pre"]["learning_rate"])
+    assert finetune == ("adam", 1e-5) and settings["neumf-pre"]["epochs"] == 2
     assert "- mlp: " in table and "dropout=0.2" in table
     # neumf-pre started from this compare's own gmf and mlp runs
     neumf_pre = json.loads((out / "runs" / "neumf-pre" / "config.json").read_text())

@@ -245,7 +245,8 @@ def test_amp_forward_runs_in_bfloat16():
     trainer = Trainer(model, split, config)
     assert type(trainer.step).__name__ == "FlatAdamStep"
     seen = []
-    model.tower[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    last = [m for m in model.tower if isinstance(m, torch.nn.Linear)][-1]
+    last.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer.train_epoch(1)
     assert seen and seen[0] == torch.bfloat16
 
