@@ -131,3 +131,27 @@ def tower_forward(model, users, items, keeps=None):
         gmf = model.gmf_user_embedding(users) * model.gmf_item_embedding(items)
         h = torch.cat([gmf, h], dim=-1)
     return h @ model.head.weight[0] + model.head.bias[0]
+
+
+def random_batches(steps=300, batch=32, users=30, items=25, seed=0):
+    """``steps`` batches of random (user, item, 0/1 label) triples, from one seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randint(0, users, (batch,), generator=gen),
+            torch.randint(0, items, (batch,), generator=gen),
+            torch.randint(0, 2, (batch,), generator=gen).float(),
+        )
+        for _ in range(steps)
+    ]
+
+
+def _kernel_built() -> bool:
+    from torchcf import native
+
+    return native.load() is not None
+
+
+needs_kernel = pytest.mark.skipif(
+    not _kernel_built(), reason="no C++ compiler here: the compiled kernel is not built"
+)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import adam_reference, assert_same_parameters, tower_forward
+from conftest import (
+    adam_reference,
+    assert_same_parameters,
+    needs_kernel,
+    random_batches,
+    tower_forward,
+)
 from torchcf import native
 from torchcf.config import TrainConfig
 from torchcf.losses import bce_with_logits
@@ -18,11 +24,6 @@ from torchcf.steps import (
     NativeTowerAdamStep,
     make_step,
 )
-
-needs_kernel = pytest.mark.skipif(
-    native.load() is None, reason="no C++ compiler here: the compiled kernel is not built"
-)
-
 
 # small models for the kernels: MF/GMF rows of 8; towers 4 factors, 3 layers (rows of 16)
 KERNEL_KWARGS = {
@@ -39,16 +40,6 @@ KERNEL_STEPS = {
 }
 
 
-def _batches(steps=300, batch=32, users=30, items=25, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        yield (
-            torch.randint(0, users, (batch,), generator=gen),
-            torch.randint(0, items, (batch,), generator=gen),
-            torch.randint(0, 2, (batch,), generator=gen).float(),
-        )
-
-
 @pytest.mark.parametrize("name", ["mf", "gmf"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 @pytest.mark.parametrize("fused", [True, False])
@@ -59,7 +50,7 @@ def test_analytic_step_matches_torch_adam(name, weight_decay, fused):
     optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=weight_decay)
     step = DotProductAdamStep(fast, config)
     step._fused = fused and step._fused
-    for users, items, labels in _batches():
+    for users, items, labels in random_batches():
         logits = reference(users, items)
         loss = bce_with_logits(logits, labels)
         optimizer.zero_grad()
@@ -100,7 +91,7 @@ def _concatenating(name):
 def test_compiled_kernel_matches_torch_adam(name, settings):
     """Several hundred steps, one call per batch: logits and parameters as torch.optim.Adam."""
     config = TrainConfig(model=name, learning_rate=0.01, **settings)
-    batches = list(_batches(steps=400))
+    batches = random_batches(steps=400)
     kwargs = KERNEL_KWARGS[name]
     forward = _concatenating(name)
     reference, want = adam_reference(name, config, batches, forward=forward, **kwargs)
@@ -145,7 +136,7 @@ def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(name, batch):
 def test_compiled_kernel_state_round_trip():
     """The kernel keeps sqrt(v); its state_dict speaks Adam's v, and loading it back resumes."""
     config = TrainConfig(model="gmf", learning_rate=0.01)
-    batches = list(_batches(steps=60))
+    batches = random_batches(steps=60)
     kwargs = {"embedding_dim": 8, "init_std": 0.1}
     reference, _ = adam_reference("gmf", config, batches, **kwargs)
     first = build_model("gmf", 30, 25, seed=0, **kwargs)
@@ -188,7 +179,7 @@ def test_flat_adam_step_matches_torch_adam(name, weight_decay):
     fast = build_model(name, 30, 25, seed=0, **kwargs)
     optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=weight_decay)
     step = FlatAdamStep(fast, config)  # the autograd path (make_step prefers the kernel)
-    for users, items, labels in _batches(steps=200):
+    for users, items, labels in random_batches(steps=200):
         logits = reference(users, items)
         loss = bce_with_logits(logits, labels)
         optimizer.zero_grad()

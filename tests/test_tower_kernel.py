@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import adam_reference, assert_same_parameters, tower_forward
+from conftest import (
+    adam_reference,
+    assert_same_parameters,
+    needs_kernel,
+    random_batches,
+    tower_forward,
+)
 from torchcf import native
 from torchcf.config import TrainConfig
 from torchcf.models import Dropout
@@ -20,25 +26,9 @@ from torchcf.steps import (
     make_step,
 )
 
-pytestmark = pytest.mark.skipif(
-    native.load() is None, reason="no C++ compiler here: the compiled kernel is not built"
-)
+pytestmark = needs_kernel
 
 KWARGS = {"embedding_dim": 4, "layers": 3, "init_std": 0.1}  # embeddings 16 wide, tower 32-16-8-4
-
-
-def _samples(n, seed=0, users=30, items=25):
-    gen = torch.Generator().manual_seed(seed)
-    return (
-        torch.randint(0, users, (n,), generator=gen),
-        torch.randint(0, items, (n,), generator=gen),
-        torch.randint(0, 2, (n,), generator=gen).float(),
-    )
-
-
-def _batches(steps, batch=32, seed=0):
-    users, items, labels = _samples(steps * batch, seed)
-    return list(zip(users.split(batch), items.split(batch), labels.split(batch), strict=True))
 
 
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
@@ -46,7 +36,7 @@ def test_lazy_adam_kernel_matches_sparse_adam(name):
     """lazy-adam: only the rows a batch touched move, as torch.optim.SparseAdam (+ dense Adam
     for the tower and head) moves them; rows never sampled keep their initial values."""
     config = TrainConfig(model=name, learning_rate=0.01, optimizer="lazy-adam")
-    batches = _batches(200, batch=16)
+    batches = random_batches(200, batch=16)
     reference = build_model(name, 30, 25, seed=0, **KWARGS)
     slow = AutogradStep(reference, config)
     fast = build_model(name, 30, 25, seed=0, **KWARGS)
@@ -80,7 +70,7 @@ def test_sgd_kernel_matches_torch_sgd(name, weight_decay):
     fast = build_model(name, 30, 25, seed=0, **KWARGS)
     step = make_step(fast, config)
     assert TOWER_OPTIMIZERS[step.optimizer] == "sgd"
-    for users, items, labels in _batches(200):
+    for users, items, labels in random_batches(200):
         assert torch.allclose(
             step(users, items, labels), slow(users, items, labels), rtol=1e-4, atol=1e-5
         )
@@ -104,7 +94,7 @@ def test_tower_kernel_dropout_replayed_by_autograd(name):
     def forward(model, users, items, step):
         return tower_forward(model, users, items, keeps_of(step, len(users)))
 
-    batches = _batches(60)
+    batches = random_batches(60)
     reference, want = adam_reference(
         name, config, batches, forward=forward, **{**KWARGS, "dropout": 0.0}
     )
@@ -133,7 +123,7 @@ def test_dropout_masks_are_random_and_keyed():
 def test_tower_kernel_state_round_trip():
     """The kernel keeps sqrt(v); its state_dict speaks Adam's v: autograd resumes from it."""
     config = TrainConfig(model="neumf", learning_rate=0.01)
-    batches = _batches(60)
+    batches = random_batches(60)
     reference, _ = adam_reference("neumf", config, batches, **KWARGS)
     first = build_model("neumf", 30, 25, seed=0, **KWARGS)
     step = make_step(first, config)

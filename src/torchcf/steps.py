@@ -411,18 +411,20 @@ class NativeTowerAdamStep(_CompiledSteps, FlatAdam):
         if self.flat.device.type != "cpu":
             raise ConfigError("the compiled MLP/NeuMF kernel runs on the CPU")
         self.kernel = kernel
+        linears = [m for m in model.tower if isinstance(m, torch.nn.Linear)]
         self.model_dims = (
             model.num_users,
             model.num_items,
             model.embedding_dim if isinstance(model, NeuMF) else 0,
-            model.embedding_dim * 2 ** (model.layers - 1),
-            [m.out_features for m in model.tower if isinstance(m, torch.nn.Linear)],
+            linears[0].in_features // 2,  # the width of a user's (an item's) MLP row
+            [m.out_features for m in linears],
         )
         self.optimizer = TOWER_OPTIMIZERS.index(config.optimizer)  # the kernel's code
         self.batch_size = config.batch_size
         self.seed = config.seed
-        drop = Dropout(model.dropout) if model.dropout > 0 else None
-        self.dropout = (drop.threshold, drop.scale) if drop is not None else (0, 1.0)
+        # the model's own dropout layers' rounded probability and scale (all alike)
+        drops = [m for m in model.tower if isinstance(m, Dropout)]
+        self.dropout = (drops[0].threshold, drops[0].scale) if drops else (0, 1.0)
 
     def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
         extra = (self.optimizer, *self.dropout, self.seed)

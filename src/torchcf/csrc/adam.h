@@ -78,7 +78,7 @@ inline AdamCoefficients adam_coefficients(double step, double lr, double beta1, 
                           static_cast<float>(weight_decay)};
 }
 
-// A run's samples in training order: users[order[k]], items[order[k]] (offset by num_users,
+// A run's samples in training order (the arguments checked, logits: one per sample or none): users[order[k]], items[order[k]] (offset by num_users,
 // so both index one table of user rows then item rows), labels[order[k]]. Gathered first: one
 // tight loop of independent loads instead of three cache misses per sample in the training loop.
 struct Samples {
@@ -88,7 +88,8 @@ struct Samples {
 
 inline Samples gather_samples(const torch::Tensor& users, const torch::Tensor& items,
                               const torch::Tensor& labels, const torch::Tensor& order,
-                              int64_t num_users, int64_t num_items) {
+                              const torch::Tensor& logits, int64_t num_users,
+                              int64_t num_items) {
   check(users, torch::kInt64, "users");
   check(items, torch::kInt64, "items");
   check(order, torch::kInt64, "order");
@@ -96,6 +97,7 @@ inline Samples gather_samples(const torch::Tensor& users, const torch::Tensor& i
   const int64_t samples = users.numel();
   TORCH_CHECK(items.numel() == samples && labels.numel() == samples,
               "users, items and labels differ in length");
+  TORCH_CHECK(logits.numel() == 0 || logits.numel() == samples, "logits: one per sample, or none");
   const int64_t total = order.numel();
   const int64_t* U = users.data_ptr<int64_t>();
   const int64_t* I = items.data_ptr<int64_t>();
@@ -124,8 +126,7 @@ inline Samples gather_samples(const torch::Tensor& users, const torch::Tensor& i
 // Writes each sample's logit to its place before the shuffle: logits[order[k]] = z[k].
 inline void scatter_logits(torch::Tensor& logits, const torch::Tensor& order,
                            const std::vector<float>& z) {
-  if (logits.numel() == 0) return;
-  TORCH_CHECK(logits.numel() >= order.numel(), "logits: one per sample, or none");
+  if (logits.numel() == 0) return;  // (sizes checked by gather_samples)
   float* Z = logits.data_ptr<float>();
   const int64_t* O = order.data_ptr<int64_t>();
   at::parallel_for(0, order.numel(), 1 << 14, [&](int64_t begin, int64_t end) {

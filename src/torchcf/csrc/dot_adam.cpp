@@ -42,11 +42,9 @@ double dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor ex
   const int64_t table_numel = num_rows * dim;
   TORCH_CHECK(numel == table_numel + (has_head ? dim + 1 : 0), "flat buffer size mismatch");
   TORCH_CHECK(batch_size > 0, "batch_size must be positive");
-  TORCH_CHECK(logits.numel() == 0 || logits.numel() == users.numel(),
-              "logits: one per sample, or none");
   // user rows index the table directly; item rows follow them (su, si: row numbers)
-  const Samples samples = gather_samples(users, items, labels, order, num_users,
-                                         num_rows - num_users);
+  const Samples samples =
+      gather_samples(users, items, labels, order, logits, num_users, num_rows - num_users);
   const std::vector<int64_t>& su = samples.user;
   const std::vector<int64_t>& si = samples.item;
   const std::vector<float>& sy = samples.label;

@@ -88,9 +88,8 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
   TORCH_CHECK(!layer_widths.empty(), "the tower needs a layer");
   TORCH_CHECK(optimizer >= kAdam && optimizer <= kSgd, "optimizer: 0 adam, 1 lazy adam, 2 sgd");
   const bool lazy = optimizer == kLazyAdam, sgd = optimizer == kSgd;
-  TORCH_CHECK(logits.numel() == 0 || logits.numel() == users.numel(),
-              "logits: one per sample, or none");
-  const Samples samples = gather_samples(users, items, labels, order, num_users, num_items);
+  const Samples samples =
+      gather_samples(users, items, labels, order, logits, num_users, num_items);
   const std::vector<int64_t>& su = samples.user;  // row numbers in a table: users, then items
   const std::vector<int64_t>& si = samples.item;
   const std::vector<float>& sy = samples.label;
@@ -195,17 +194,15 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
     float bias_g = 0.0f;
     for (int64_t k = 0; k < n; ++k) {
       const float* hk = H + k * last;
+      const float* pu = P + gmf_table + bu[k] * gmf_dim;  // NeuMF's GMF rows (unused for MLP)
+      const float* qi = P + gmf_table + bi[k] * gmf_dim;
       float z = head[gmf_dim + last];
 #pragma omp simd reduction(+ : z)
       for (int64_t j = 0; j < last; ++j) z += hm[j] * hk[j];
-      if (gmf_dim > 0) {
-        const float* pu = P + gmf_table + bu[k] * gmf_dim;
-        const float* qi = P + gmf_table + bi[k] * gmf_dim;
-        float zg = 0.0f;
+      float zg = 0.0f;
 #pragma omp simd reduction(+ : zg)
-        for (int64_t d = 0; d < gmf_dim; ++d) zg += hg[d] * pu[d] * qi[d];
-        z += zg;
-      }
+      for (int64_t d = 0; d < gmf_dim; ++d) zg += hg[d] * pu[d] * qi[d];
+      z += zg;
       float sigmoid;
       loss_sum += bce(z, sy[start + k], &sigmoid);
       sz[start + k] = z;
@@ -215,12 +212,8 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
       float* ghm = head_grad + gmf_dim;
 #pragma omp simd
       for (int64_t j = 0; j < last; ++j) ghm[j] += g * hk[j];
-      if (gmf_dim > 0) {
-        const float* pu = P + gmf_table + bu[k] * gmf_dim;
-        const float* qi = P + gmf_table + bi[k] * gmf_dim;
 #pragma omp simd
-        for (int64_t d = 0; d < gmf_dim; ++d) head_grad[d] += g * pu[d] * qi[d];
-      }
+      for (int64_t d = 0; d < gmf_dim; ++d) head_grad[d] += g * pu[d] * qi[d];
     }
     head_grad[gmf_dim + last] += bias_g;
     // back through the tower: da_l = dh_l * relu'(a_l) * keep_l (h_l > 0 exactly where both
@@ -288,17 +281,19 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
         }
       }
     });
+    // a row's parameters in each table: fn(offset, length)
+    const auto each_table = [&](int64_t row, const auto& fn) {
+      if (gmf_dim > 0) fn(gmf_table + row * gmf_dim, gmf_dim);
+      fn(mlp_table + row * width, width);
+    };
     if (sgd) {  // rows no sample touched have no gradient: only weight decay moves them
       const float lr_f = static_cast<float>(lr), wd_f = static_cast<float>(weight_decay);
       at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
         for (int64_t row = begin; row < end; ++row) {
           if (touched[row] || weight_decay != 0.0) {
-            if (gmf_dim > 0) {
-              const int64_t o = gmf_table + row * gmf_dim;
-              sgd_update(P + o, G + o, gmf_dim, lr_f, wd_f);
-            }
-            const int64_t o = mlp_table + row * width;
-            sgd_update(P + o, G + o, width, lr_f, wd_f);
+            each_table(row, [&](int64_t o, int64_t dim) {
+              sgd_update(P + o, G + o, dim, lr_f, wd_f);
+            });
           }
           touched[row] = 0;
         }
@@ -313,16 +308,13 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
     AdamCoefficients row_c = c;
     if (lazy) row_c.eps = static_cast<float>(eps * c.inv_bias2_sqrt);
     const auto adam_row = [&](int64_t row, bool full) {
-      for (int table = 0; table < 2; ++table) {
-        const int64_t dim = table == 0 ? gmf_dim : width;
-        if (dim == 0) continue;
-        const int64_t o = (table == 0 ? gmf_table : mlp_table) + row * dim;
+      each_table(row, [&](int64_t o, int64_t dim) {
         if (full) {
           adam_full(P + o, G + o, M + o, S + o, dim, row_c);
         } else {
           adam_decay(P + o, M + o, S + o, dim, row_c);
         }
-      }
+      });
       touched[row] = 0;
     };
     if (lazy) {
@@ -340,12 +332,11 @@ double tower_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor 
         TORCHCF_FLUSH_DENORMALS();
         for (int64_t r = begin; r < end; ++r) {
           if (r + 2 < end) {  // the next rows' moments: cache misses, fetched ahead
-            const int64_t ahead = touched_rows[r + 2];
-            for (const int64_t o : {gmf_table + ahead * gmf_dim, mlp_table + ahead * width}) {
+            each_table(touched_rows[r + 2], [&](int64_t o, int64_t) {
               __builtin_prefetch(M + o);
               __builtin_prefetch(S + o);
               __builtin_prefetch(P + o);
-            }
+            });
           }
           adam_row(touched_rows[r], true);
         }
