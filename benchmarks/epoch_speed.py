@@ -7,7 +7,7 @@ probabilities with ``nn.BCELoss``, default ``torch.optim.Adam``, and a per-user 
 MLP and NeuMF as the common public PyTorch NCF code writes them, in the same pipeline.
 
 torchcf's exact mode is the seed's semantics (batch 256, dense Adam, 4 negatives); its fast mode
-is ``torchcf train --fast`` (``config.FAST_DEFAULTS``), also run whole (load, split, train,
+is ``torchcf train --fast`` (the models' ``fast`` recipes), also run whole (load, split, train,
 evaluate) and compared with 20 seed-style epochs.
 
     python benchmarks/epoch_speed.py --data ../shared/data/ml-1m/ncf [--models mf,gmf,mlp,neumf]
@@ -28,11 +28,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from torchcf.config import FAST_DEFAULTS, TrainConfig, recipe
 from torchcf.data.loaders import find_ncf_files, load_ncf_files
-from torchcf.registry import build_model, model_kwargs
-from torchcf.split import ncf_split
-from torchcf.training import Trainer
+from torchcf.data.split import ncf_split
+from torchcf.models.registry import SPECS, build_model
+from torchcf.training.config import Recipe, applicable, recipe
+from torchcf.training.trainer import Trainer
 
 
 # --- the seed-style reference ------------------------------------------------------------------
@@ -168,18 +168,14 @@ def seed_epoch(split, model_name: str, fraction: float) -> dict[str, float]:
     }
 
 
-def torchcf_epoch(split, config: TrainConfig) -> dict[str, float]:
+def torchcf_epoch(split, config: Recipe) -> dict[str, float]:
     """One epoch (sampling, training, evaluation) of torchcf with ``config``, timed."""
     model = build_model(
-        config.model,
-        split.num_users,
-        split.num_items,
-        seed=0,
-        **model_kwargs(config.model, config.to_dict()),
+        config.model, split.num_users, split.num_items, seed=0, config=config.model_config
     )
-    trainer = Trainer(model, split, config.replace(epochs=1, prefetch=False))
+    trainer = Trainer(model, split, config.train.replace(epochs=1, prefetch=False))
     t0 = time.perf_counter()
-    samples = len(trainer.epoch_draw(1)[3])
+    samples = len(trainer.sampler.draw(1)[3])
     t1 = time.perf_counter()
     trainer.train_epoch(1)  # draws its own samples again: the whole epoch is timed below
     t2 = time.perf_counter()
@@ -191,7 +187,7 @@ def torchcf_epoch(split, config: TrainConfig) -> dict[str, float]:
         "eval_s": t3 - t2,
         "epoch_s": (t2 - t1) + (t3 - t2),
         "samples": samples,
-        "hr": metrics["test"][0],
+        "hr": metrics["test"]["hr"],
     }
 
 
@@ -199,17 +195,17 @@ def fast_run(data: str, model_name: str) -> dict[str, float]:
     """The fast mode's whole run in this process: load, split, train, select, evaluate."""
     t0 = time.perf_counter()
     split = ncf_split(load_ncf_files(find_ncf_files(data)), validation=True)
-    config = recipe(model_name, fast=True)
+    config = recipe(model_name, recipes=("fast",))
     model = build_model(
-        model_name, split.num_users, split.num_items, seed=0, **model_kwargs(model_name, {})
+        model_name, split.num_users, split.num_items, seed=0, config=config.model_config
     )
-    fit = Trainer(model, split, config).fit()
+    fit = Trainer(model, split, config.train).fit()
     return {
         "wall_s": time.perf_counter() - t0,
-        "epochs": config.epochs,
+        "epochs": config.train.epochs,
         "selected": fit.selected.epoch,
-        "hr": fit.selected.test_hr,
-        "ndcg": fit.selected.test_ndcg,
+        "hr": fit.selected.metrics["test"]["hr"],
+        "ndcg": fit.selected.metrics["test"]["ndcg"],
     }
 
 
@@ -261,7 +257,8 @@ def main() -> None:
     for name in args.models.split(","):
         tower = name in ("mlp", "neumf")
         fraction = args.tower_fraction if tower else args.reference_fraction
-        exact = TrainConfig(model=name, batch_size=256)  # the seed's settings, no dropout
+        # the seed's settings, no dropout
+        exact = recipe(name, applicable(name, {"batch_size": 256, "dropout": 0.0}))
         refs, ours = [], []
         for repeat in range(args.repeats):  # alternate: both see the same load
             if repeat == 0 or not tower:  # a tower reference epoch takes minutes: once
@@ -289,13 +286,13 @@ def main() -> None:
             print(
                 f"{name:<6} ratio, lazy Adam (batch 256): {ref['epoch_s'] / lazy['epoch_s']:.1f}x"
             )
-        if name in FAST_DEFAULTS:
-            fast = torchcf_epoch(split, recipe(name, fast=True))
+        if "fast" in SPECS[name].recipes:
+            fast = torchcf_epoch(split, recipe(name, recipes=("fast",)))
             print(_row(name, "torchcf fast", fast))
             print(f"{name:<6} ratio, fast mode epoch: {ref['epoch_s'] / fast['epoch_s']:.1f}x")
     if args.no_fast_run:
         return
-    for name in (m for m in args.models.split(",") if m in FAST_DEFAULTS):
+    for name in (m for m in args.models.split(",") if "fast" in SPECS[m].recipes):
         run = fast_run(args.data, name)
         reference = 20 * seed_epochs[name]
         print(

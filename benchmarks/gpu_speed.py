@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from torchcf.config import TrainConfig, recipe
 from torchcf.data.loaders import find_ncf_files, load_ncf_files
+from torchcf.data.split import Split, leave_one_out, ncf_split
 from torchcf.data.synthetic import powerlaw_interactions
-from torchcf.registry import build_model, model_kwargs
-from torchcf.split import Split, leave_one_out, ncf_split
-from torchcf.training import Trainer
+from torchcf.models.registry import build_model
+from torchcf.training.config import Recipe, applicable, recipe
+from torchcf.training.trainer import Trainer
 
 # (model, batch size): the seed's batch for every model, and each model's large-batch setting
 RUNS = [
@@ -51,18 +51,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def epoch_rate(split: Split, config: TrainConfig, warmup_batches: int = 300) -> dict[str, float]:
+def epoch_rate(split: Split, recipe_: Recipe, warmup_batches: int = 300) -> dict[str, float]:
     """Samples/s of one whole epoch after a short warm-up, and the evaluation's seconds."""
     model = build_model(
-        config.model,
-        split.num_users,
-        split.num_items,
-        seed=0,
-        **model_kwargs(config.model, config.to_dict()),
+        recipe_.model, split.num_users, split.num_items, seed=0, config=recipe_.model_config
     )
+    config = recipe_.train
     trainer = Trainer(model, split, config)
     device = trainer.device
-    users, items, labels = trainer.epoch_samples(0)  # warm-up: kernels, allocator, autotuning
+    users, items, labels = trainer.sampler.shuffled(0)  # warm-up: kernels, allocator, autotuning
     assert trainer.step is not None
     for b in range(min(warmup_batches, len(users) // config.batch_size)):
         part = slice(b * config.batch_size, (b + 1) * config.batch_size)
@@ -79,7 +76,7 @@ def epoch_rate(split: Split, config: TrainConfig, warmup_batches: int = 300) -> 
         "samples_s": samples / (t1 - t0),
         "epoch_s": t1 - t0,
         "eval_s": time.perf_counter() - t1,
-        "hr": metrics["test"][0],
+        "hr": metrics["test"]["hr"],
     }
 
 
@@ -98,20 +95,21 @@ def main() -> None:
     print(f"{'model':<6} {'batch':>6} {'samples/s':>12} {'epoch':>8} {'eval':>7}  HR@10 (1 epoch)")
     for model, batch in RUNS:
         amp = args.amp and model in ("mlp", "neumf")
-        config = TrainConfig(model=model, batch_size=batch, epochs=1, device=args.device, amp=amp)
-        r = epoch_rate(split, config)
+        settings = {"batch_size": batch, "epochs": 1, "device": args.device, "amp": amp}
+        r = epoch_rate(split, recipe(model, applicable(model, {**settings, "dropout": 0.0})))
         print(
             f"{model:<6} {batch:>6} {r['samples_s']:>12,.0f} {r['epoch_s']:>7.2f}s "
             f"{r['eval_s']:>6.3f}s  {r['hr']:.4f}" + ("  (amp)" if amp else "")
         )
     t0 = time.perf_counter()
-    config = recipe("gmf", {"device": args.device, "prefetch": False}, fast=True)
+    fast = recipe("gmf", {"device": args.device, "prefetch": False}, recipes=("fast",))
     model = build_model("gmf", split.num_users, split.num_items, seed=0)
-    fit = Trainer(model, split, config).fit()
+    fit = Trainer(model, split, fast.train).fit()
     print(
-        f"gmf fast mode, {config.epochs} epochs: {time.perf_counter() - t0:.1f}s, selected epoch "
-        f"{fit.selected.epoch}: test HR@10 {fit.selected.test_hr:.4f} "
-        f"NDCG@10 {fit.selected.test_ndcg:.4f}"
+        f"gmf fast mode, {fast.train.epochs} epochs: {time.perf_counter() - t0:.1f}s, "
+        "selected epoch "
+        f"{fit.selected.epoch}: test HR@10 {fit.selected.metrics['test']['hr']:.4f} "
+        f"NDCG@10 {fit.selected.metrics['test']['ndcg']:.4f}"
     )
 
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from torchcf.config import recipe
+from torchcf.data.split import leave_one_out
 from torchcf.data.synthetic import ML20M_SHAPE, powerlaw_interactions
-from torchcf.evaluation import evaluate_full, hit_rate, holdout_ranks, ndcg
-from torchcf.registry import build_model
-from torchcf.split import leave_one_out
-from torchcf.training import Trainer
+from torchcf.evaluation.metrics import hit_rate, ndcg
+from torchcf.evaluation.protocols import evaluate_full, holdout_ranks
+from torchcf.models.registry import build_model
+from torchcf.training.config import recipe
+from torchcf.training.trainer import Trainer
 
 
 def _memory() -> str:
@@ -59,7 +60,8 @@ def main() -> None:
         f"split      {time.perf_counter() - t:7.1f}s  {len(split.train):,} training positives, "
         f"{len(split.test):,} test users; {_memory()}"
     )
-    config = recipe(args.model, {"epochs": 1, "validation": False, "prefetch": False}, fast=True)
+    settings = {"epochs": 1, "validation": False, "prefetch": False}
+    config = recipe(args.model, settings, recipes=("fast",)).train
     model = build_model(args.model, split.num_users, split.num_items, seed=0)
     trainer = Trainer(model, split, config)
     samples = len(split.train) * (1 + config.num_negatives)
@@ -68,7 +70,7 @@ def main() -> None:
     seconds = time.perf_counter() - t
     print(
         f"epoch      {seconds:7.1f}s  {args.model}, batch {config.batch_size}, {samples:,} samples "
-        f"in {trainer._parts()} parts, {samples / seconds:,.0f} samples/s, loss {loss:.4f}; "
+        f"in {trainer.sampler.parts()} parts, {samples / seconds:,.0f} samples/s, loss {loss:.4f}; "
         f"{_memory()}"
     )
     t = time.perf_counter()

@@ -81,8 +81,8 @@ def adam_reference(name, config, batches, forward=None, num_users=30, num_items=
 
     ``forward(model, users, items, step)`` (step counted from 1) replaces ``model(users, items)``.
     """
-    from torchcf.losses import bce_with_logits
-    from torchcf.registry import build_model
+    from torchcf.models.registry import build_model
+    from torchcf.training.losses import bce_with_logits
 
     reference = build_model(name, num_users, num_items, seed=0, **kwargs)
     optimizer = torch.optim.Adam(
@@ -147,7 +147,7 @@ def random_batches(steps=300, batch=32, users=30, items=25, seed=0):
 
 
 def _kernel_built() -> bool:
-    from torchcf import native
+    from torchcf.training import native
 
     return native.load() is not None
 

@@ -11,15 +11,17 @@ import torch
 from fastapi.testclient import TestClient
 
 from conftest import tiny_rows, write_ml1m
-from torchcf.blend import blend_runs, simplex_grid
-from torchcf.cli import main
-from torchcf.config import recipe
+from torchcf.cli.main import main
+from torchcf.data.sources import DataSpec
 from torchcf.errors import ConfigError
-from torchcf.experiment import DataSpec, evaluate_run, run_training
-from torchcf.models import Blend, standardise
-from torchcf.persistence import load_model
-from torchcf.recommend import Recommender
-from torchcf.serve import create_app
+from torchcf.models.blend import Blend, standardise
+from torchcf.runs.blend import blend_runs, simplex_grid
+from torchcf.runs.evaluate import evaluate_run
+from torchcf.runs.train import run_training
+from torchcf.serving.http import create_app
+from torchcf.serving.persistence import load_model
+from torchcf.serving.recommender import Recommender
+from torchcf.training.config import applicable, recipe
 
 SMALL = {"embedding_dim": 4, "epochs": 2, "batch_size": 64, "eval_negatives": 8}
 
@@ -38,7 +40,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     ):
         out[name] = root / name
         run_training(
-            spec, recipe(model, {**SMALL, **extra}), out[name], progress=False, echo=lambda _: None
+            spec,
+            recipe(model, applicable(model, {**SMALL, **extra})),
+            out[name],
+            progress=False,
+            echo=lambda _: None,
         )
     return out
 
@@ -162,7 +168,7 @@ def test_runs_without_validation_blend_only_with_given_weights(tmp_path):
     runs = []
     for model in ("pop", "ease"):
         runs.append(tmp_path / model)
-        config = recipe(model, {**SMALL, "validation": False})
+        config = recipe(model, applicable(model, {**SMALL, "validation": False}))
         run_training(spec, config, runs[-1], progress=False, echo=lambda _: None)
     with pytest.raises(ConfigError, match="no validation holdout"):
         blend_runs(runs, tmp_path / "auto", echo=lambda _: None)

@@ -87,7 +87,7 @@ def test_train_end_to_end(tiny, tmp_path):
     assert summary["protocol"]["split"] == "leave-one-out" and summary["protocol"]["k"] == 10
     assert summary["source"]["titles"].endswith("movies.dat")
     config = json.loads((out / "config.json").read_text())
-    assert config["train"]["embedding_dim"] == 4 and config["train"]["epochs"] == 2
+    assert config["model_config"]["embedding_dim"] == 4 and config["train"]["epochs"] == 2
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     full = summary["full_ranking"]
     assert full["users"] == 12 and 0.0 <= full["hr@10"] <= 1.0 and "coverage@20" in full
@@ -108,7 +108,12 @@ def test_train_end_to_end(tiny, tmp_path):
 @pytest.mark.parametrize("model", ["pop", "itemknn", "ease", "ials", "bpr"])
 def test_train_baselines_end_to_end(tiny, tmp_path, model):
     out = tmp_path / model
-    result = run_cli("train", "--data", str(tiny), "--model", model, "--out", str(out), *FAST)
+    # each takes its own settings: no factors or batches for the item-item models
+    flags = {"ials": ["--factors", "4"], "bpr": FAST}.get(model, [])
+    base = ["--epochs", "2", "--eval-negatives", "5", "--no-progress"]
+    result = run_cli(
+        "train", "--data", str(tiny), "--model", model, "--out", str(out), *base, *flags
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "metrics.json").read_text())
     closed_form = model in ("pop", "itemknn", "ease")
@@ -163,15 +168,15 @@ def test_resume_continues_a_run(tiny, tmp_path):
     # simulate a killed run: a checkpoint after epoch 1 is all that remains
     import torch
 
-    from torchcf.config import TrainConfig
-    from torchcf.experiment import DataSpec, load_split
-    from torchcf.registry import build_model
-    from torchcf.training import Trainer
+    from torchcf.data.sources import DataSpec, load_split
+    from torchcf.models.registry import build_model
+    from torchcf.training.config import recipe
+    from torchcf.training.trainer import Trainer
 
-    config = TrainConfig(epochs=2, embedding_dim=4, batch_size=64, eval_negatives=5)
-    split, _ = load_split(DataSpec(path=str(tiny)), config)
+    config = recipe("gmf", {"epochs": 2, "embedding_dim": 4, "batch_size": 64, "eval_negatives": 5})
+    split, _ = load_split(DataSpec(path=str(tiny)), config.split)
     model = build_model("gmf", split.num_users, split.num_items, seed=0, embedding_dim=4)
-    trainer = Trainer(model, split, config.replace(epochs=1))
+    trainer = Trainer(model, split, config.train.replace(epochs=1))
     trainer.fit()
     killed = tmp_path / "killed"
     killed.mkdir()
@@ -192,7 +197,7 @@ def test_resume_continues_a_run(tiny, tmp_path):
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode != 0
+    assert result.returncode == 2, (result.returncode, result.stderr)
     err = result.stderr.strip()
     assert "Traceback" not in err
     assert len(err.splitlines()) == 1, err
@@ -219,6 +224,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         (("--data", str(single), "--epochs", "x"), "invalid int value"),
         (("--data", str(single), "--device", "cuda:7"), "device"),
         (("--data", str(single), "--no-validation", "--select", "validation"), "validation"),
+        (("--data", str(single), "--model", "ease", "--lr", "0.1"), "ease does not take"),
+        (("--data", str(single), "--model", "gmf", "--l2", "5"), "gmf does not take l2"),
+        (("--data", str(single), "--lr", "nan"), "learning_rate must be finite"),
+        (("--data", str(single), "--model", "mlp", "--fast"), "fast recipe exists for"),
     ]
     for args, fragment in cases:
         _assert_one_line_error(run_cli("train", *args, "--out", out, "--no-progress"), fragment)
@@ -260,17 +269,53 @@ def test_named_dataset_from_data_dir(tmp_path, tiny):
     )
 
 
-def test_flags_override_each_models_recipe():
-    from torchcf.cli import _config, build_parser
+def _settings(*argv: str, model: str, recipes: tuple[str, ...] = ()):
+    from torchcf.cli.flags import overrides
+    from torchcf.cli.main import build_parser
+    from torchcf.training.config import applicable, recipe
 
-    args = build_parser().parse_args(["train", "--data", "x", "--model", "mlp", "--epochs", "3"])
-    mlp = _config(args, "mlp")
-    assert (mlp.epochs, mlp.batch_size, mlp.dropout) == (3, 256, 0.2)  # given, seed, recipe
-    dropout = build_parser().parse_args(["train", "--data", "x", "--dropout", "0.1"])
-    assert (_config(dropout, "neumf").dropout, _config(dropout, "neumf").epochs) == (0.1, 12)
-    gmf = _config(args, "gmf")
-    assert (gmf.epochs, gmf.batch_size, gmf.dropout, gmf.optimizer) == (3, 256, 0.0, "adam")
-    finetune = _config(build_parser().parse_args(["train", "--data", "x"]), "neumf", True)
-    assert (finetune.optimizer, finetune.learning_rate, finetune.epochs) == ("adam", 1e-5, 2)
-    given = build_parser().parse_args(["compare", "--data", "x", "--out", "o", "--dropout", "0"])
-    assert _config(given, "mlp").dropout == 0.0 and _config(given, "mlp").validation is True
+    args = build_parser().parse_args(list(argv))
+    return recipe(model, applicable(model, overrides(args)), recipes=recipes)
+
+
+def test_flags_override_each_models_recipe():
+    mlp = _settings("train", "--data", "x", "--model", "mlp", "--epochs", "3", model="mlp")
+    assert (mlp.train.epochs, mlp.train.batch_size, mlp.model_config.dropout) == (3, 256, 0.2)
+    dropout = _settings("train", "--data", "x", "--dropout", "0.1", model="neumf")
+    assert (dropout.model_config.dropout, dropout.train.epochs) == (0.1, 12)
+    gmf = _settings("train", "--data", "x", "--epochs", "3", model="gmf")
+    assert (gmf.train.epochs, gmf.train.batch_size, gmf.train.optimizer) == (3, 256, "adam")
+    finetune = _settings("train", "--data", "x", model="neumf", recipes=("finetune",))
+    assert (finetune.train.optimizer, finetune.train.learning_rate) == ("adam", 1e-5)
+    given = _settings("compare", "--data", "x", "--out", "o", "--dropout", "0", model="mlp")
+    assert given.model_config.dropout == 0.0 and given.split.validation is True
+    seeded = _settings("train", "--data", "x", "--seed", "4", "-k", "5", model="ials")
+    assert seeded.train.seed == seeded.split.seed == 4 and seeded.split.k == 5
+
+
+def test_train_flags_are_exactly_the_settings_of_the_configs():
+    """Every setting of every model, of training and of the split has one flag, and every other
+    flag of ``train`` is one of the few that are not settings."""
+    from torchcf.cli.flags import flag_of
+    from torchcf.cli.main import build_parser
+    from torchcf.data.split import SplitConfig
+    from torchcf.models.registry import TRAINABLE, get_spec
+    from torchcf.training.config import TrainConfig
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    dests = {a.dest for a in train._actions if a.option_strings}
+    settings = set(SplitConfig.field_names()) | set(TrainConfig.field_names())
+    for name in TRAINABLE:
+        settings |= set(get_spec(name).config.field_names())
+    others = {"help", "model", "fast", "pretrain", "pretrain_gmf", "pretrain_mlp", "alpha", "out"}
+    others |= {"resume", "overwrite", "threads", "no_progress", "dataset", "data", "data_dir"}
+    others |= {"no_download", "user_col", "item_col", "rating_col", "time_col", "sep"}
+    others |= {"min_rating", "min_user_interactions"}
+    assert dests - others == settings
+    help_text = train.format_help()
+    for name in settings:
+        assert flag_of(name) in help_text, name
+    # the flags people use keep their names
+    for flag in ("--factors", "--lr", "--negatives", "--select", "--no-validation", "-k"):
+        assert flag in help_text

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import tiny_rows, write_ml1m
-from torchcf.compare import run_compare
+from torchcf.data.sources import DataSpec
 from torchcf.errors import ConfigError
-from torchcf.experiment import DataSpec
+from torchcf.runs.compare import run_compare
 
 
 @pytest.fixture()
@@ -54,7 +54,7 @@ def test_compare_writes_report_curves_and_results(spec, tmp_path):
     settings = results["settings"]
     assert {s["batch_size"] for s in settings.values()} == {64}
     assert settings["mlp"]["dropout"] == settings["neumf"]["dropout"] == 0.2
-    assert settings["gmf"]["dropout"] == 0.0 and settings["gmf"]["optimizer"] == "adam"
+    assert "dropout" not in settings["gmf"] and settings["gmf"]["optimizer"] == "adam"
     finetune = (settings["neumf-pre"]["optimizer"], settings["neumf-pre"]["learning_rate"])
     assert finetune == ("adam", 1e-5) and settings["neumf-pre"]["epochs"] == 2
     assert "- mlp: " in table and "dropout=0.2" in table
@@ -70,7 +70,7 @@ def test_compare_writes_report_curves_and_results(spec, tmp_path):
 
 
 def test_a_failing_model_keeps_the_others(spec, tmp_path, monkeypatch):
-    import torchcf.compare as compare
+    import torchcf.runs.compare as compare
 
     real = compare.ensure_run
 
@@ -88,6 +88,11 @@ def test_a_failing_model_keeps_the_others(spec, tmp_path, monkeypatch):
     assert "simulated crash" in (tmp_path / "c" / "report.md").read_text()
 
 
-def test_unknown_model(spec, tmp_path):
+def test_unknown_model_and_settings_no_model_takes(spec, tmp_path):
     with pytest.raises(ConfigError, match="unknown model"):
         run_compare(spec, CONFIG, ["gmf", "bert4rec"], tmp_path / "c")
+    with pytest.raises(ConfigError, match="no compared model takes l2"):
+        run_compare(spec, {**CONFIG, "l2": 5.0}, ["gmf", "mlp"], tmp_path / "c")
+    with pytest.raises(ConfigError, match="alpha"):
+        run_compare(spec, CONFIG, ["neumf-pre"], tmp_path / "c", alpha=2.0)
+    assert not (tmp_path / "c").exists()  # refused before anything was trained

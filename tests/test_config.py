@@ -1,20 +1,90 @@
-"""TrainConfig validation and the per-model recipes."""
+"""Typed settings: validation, per-model configs and recipes, the JSON round trip, and that an
+option a model does not take is an error (never dropped)."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 
-from torchcf.config import FAST_DEFAULTS, TrainConfig, recipe
+from torchcf.data.split import SplitConfig
 from torchcf.errors import ConfigError
+from torchcf.models.registry import SPECS, TRAINABLE, build_model
+from torchcf.training.config import Recipe, TrainConfig, recipe, takes
 
 
 def test_fast_recipe():
-    fast = recipe("gmf", fast=True)
-    assert fast.batch_size == FAST_DEFAULTS["gmf"]["batch_size"] and fast.lr_schedule == "cosine"
-    assert recipe("gmf", {"epochs": 3}, fast=True).epochs == 3  # explicit flags win
-    with pytest.raises(ConfigError, match="fast mode has a recipe for gmf and mf, not mlp"):
-        recipe("mlp", fast=True)
+    fast = recipe("gmf", recipes=("fast",))
+    assert fast.train.batch_size == SPECS["gmf"].recipes["fast"]["batch_size"]
+    assert fast.train.lr_schedule == "cosine" and fast.train.learning_rate == 0.03
+    assert recipe("mf", recipes=("fast",)).train.learning_rate == 0.01
+    assert recipe("gmf", {"epochs": 3}, recipes=("fast",)).train.epochs == 3  # explicit flags win
+    with pytest.raises(ConfigError, match="fast recipe exists for mf and gmf, not mlp"):
+        recipe("mlp", recipes=("fast",))
+
+
+def test_settings_are_validated_with_the_field_named():
     with pytest.raises(ConfigError, match="beta1"):
         TrainConfig(beta1=1.0)
     with pytest.raises(ConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+    with pytest.raises(ConfigError, match="learning_rate must be finite"):
+        TrainConfig(learning_rate=math.inf)
+    with pytest.raises(ConfigError, match="epochs must be an integer"):
+        TrainConfig(epochs=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="validation must be true or false"):
+        SplitConfig(validation="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="dropout must be in"):
+        recipe("mlp", {"dropout": 1.0})
+    with pytest.raises(ConfigError, match="l2 must be positive"):
+        recipe("ease", {"l2": 0.0})
+    assert TrainConfig(learning_rate=1).learning_rate == 1.0  # JSON's 1 for 1.0
+
+
+def test_a_setting_the_model_does_not_take_is_an_error_naming_both():
+    with pytest.raises(ConfigError, match="gmf does not take l2"):
+        recipe("gmf", {"l2": 100.0})
+    with pytest.raises(ConfigError, match="ease does not take learning_rate"):
+        recipe("ease", {"learning_rate": 0.1})  # a closed form has no learning rate
+    with pytest.raises(ConfigError, match="gmf does not take biases"):
+        build_model("gmf", 5, 5, biases=True)
+    with pytest.raises(ConfigError, match="mf does not take dropout"):
+        build_model("mf", 5, 5, dropout=0.1)
+    assert takes("mf", "biases") and not takes("gmf", "biases") and takes("ials", "seed")
+
+
+def test_each_model_owns_its_defaults():
+    assert recipe("mlp").model_config.dropout == 0.2 and recipe("mlp").train.epochs == 20
+    assert recipe("neumf").train.epochs == 12
+    assert recipe("ials").model_config.solver == "cg" and recipe("ials").train.epochs == 15
+    assert recipe("ease").model_config.l2 == 500.0 and recipe("ials").model_config.l2 == 0.002
+    assert recipe("bpr").train.loss == "bpr"
+    assert recipe("gmf").train == TrainConfig()  # the seed's settings
+    tuned = recipe("neumf", {"epochs": 5}, recipes=("finetune",))
+    assert (tuned.train.learning_rate, tuned.train.epochs) == (1e-5, 5)
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE))
+def test_every_spec_names_only_settings_its_model_takes(name):
+    spec = SPECS[name]
+    named = set(spec.defaults) | set(spec.search)
+    for values in spec.recipes.values():
+        named |= set(values)
+    assert all(takes(name, setting) for setting in named), named
+    assert spec.model.Config is spec.config and spec.model.name == name
+
+
+@pytest.mark.parametrize("name", list(TRAINABLE))
+def test_recipes_round_trip_through_json(name):
+    original = recipe(name, {"seed": 3, "k": 5})
+    again = Recipe.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert again == original and again.split.seed == again.train.seed == 3
+    assert again.replace(epochs=2).train.epochs == 2
+    model = build_model(name, 6, 7, seed=0, config=again.model_config)
+    assert model.config == again.model_config  # the model is built from exactly these settings
+
+
+def test_selecting_by_validation_needs_the_validation_holdout():
+    with pytest.raises(ConfigError, match="validation"):
+        recipe("gmf", {"select_by": "validation", "validation": False})

@@ -9,9 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchcf.evaluation import evaluate_sampled, hit_rate, ndcg, positive_ranks
+from torchcf.data.split import Holdout
+from torchcf.evaluation.metrics import hit_rate, ndcg, positive_ranks
+from torchcf.evaluation.protocols import evaluate_sampled
 from torchcf.models import ScoringModel
-from torchcf.split import Holdout
 
 
 def test_hand_computed_ranks_and_metrics():

@@ -11,9 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchcf.evaluation import evaluate_full, full_ranks, ranking_metrics
+from torchcf.data.split import Holdout
+from torchcf.evaluation.metrics import ranking_metrics
+from torchcf.evaluation.protocols import evaluate_full, full_ranks
 from torchcf.models import ScoringModel
-from torchcf.split import Holdout
 
 
 class Fixed(ScoringModel):

@@ -7,20 +7,22 @@ import pytest
 import torch
 
 from conftest import planted
-from torchcf.config import recipe
-from torchcf.evaluation import hit_rate, holdout_ranks, positive_ranks
-from torchcf.models import GMF, MF, NEURAL_MODELS, ScoringModel
-from torchcf.persistence import load_model, save_model
-from torchcf.registry import build_model, model_kwargs
-from torchcf.split import leave_one_out
-from torchcf.training import Trainer
+from torchcf.data.split import leave_one_out
+from torchcf.evaluation.metrics import hit_rate, positive_ranks
+from torchcf.evaluation.protocols import holdout_ranks
+from torchcf.models import GMF, MF, ScoringModel
+from torchcf.models.registry import SPECS, build_model
+from torchcf.serving.persistence import load_model, save_model
+from torchcf.training.config import recipe, takes
+from torchcf.training.trainer import Trainer
 
-ALL = sorted(NEURAL_MODELS)  # the baselines have their own contract test (test_baselines)
+# the neural models; the baselines have their own contract test (test_baselines)
+ALL = sorted(n for n, s in SPECS.items() if s.trainable and s.training is None)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_shapes_and_broadcasting(name):
-    model = build_model(name, 7, 11, seed=0, embedding_dim=4)
+    model = build_model(name, 7, 11, seed=0, embedding_dim=4).eval()  # eval: no dropout
     users = torch.tensor([0, 3, 6])
     assert model(users, torch.tensor([1, 2, 10])).shape == (3,)
     assert model(users[:, None], torch.randint(0, 11, (3, 5))).shape == (3, 5)
@@ -29,7 +31,7 @@ def test_shapes_and_broadcasting(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_score_all_agrees_with_forward(name):
-    model = build_model(name, 7, 11, seed=0, embedding_dim=4)
+    model = build_model(name, 7, 11, seed=0, embedding_dim=4).eval()  # eval: no dropout
     with torch.no_grad():
         for p in model.parameters():
             p.normal_()
@@ -60,7 +62,7 @@ def test_initialisation_follows_the_paper():
 def test_save_load_round_trip(tmp_path, name):
     data = planted()
     split = leave_one_out(data, num_negatives=10)
-    model = build_model(name, data.num_users, data.num_items, seed=0, embedding_dim=8)
+    model = build_model(name, data.num_users, data.num_items, seed=0, embedding_dim=8).eval()
     save_model(tmp_path / "m", model, split.train, metadata={"note": "x"})
     loaded = load_model(tmp_path / "m")
     users = torch.arange(data.num_users)
@@ -79,22 +81,19 @@ def _popularity_hr(split, k):
 def test_learns_planted_structure_and_beats_popularity(name):
     data = planted(num_users=200, num_items=80, groups=4, per_user=10)
     split = leave_one_out(data, num_negatives=40, seed=0)
-    config = recipe(  # each model's own recipe (bpr: the BPR loss) under these settings
-        name,
-        {
-            "embedding_dim": 8,
-            "epochs": 15,
-            "batch_size": 64,
-            "learning_rate": 0.01,
-            "k": 5,
-            "layers": 2,
-            "dropout": 0.0,
-        },
-    )
-    model = build_model(
-        name, data.num_users, data.num_items, seed=0, **model_kwargs(name, config.to_dict())
-    )
-    Trainer(model, split, config).fit()
+    settings = {
+        "embedding_dim": 8,
+        "epochs": 15,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "k": 5,
+        "layers": 2,
+        "dropout": 0.0,
+    }
+    # each model's own recipe (bpr: the BPR loss) under the settings it takes
+    config = recipe(name, {k: v for k, v in settings.items() if takes(name, k)})
+    model = build_model(name, data.num_users, data.num_items, seed=0, config=config.model_config)
+    Trainer(model, split, config.train, k=5).fit()
     hr = hit_rate(holdout_ranks(model, split.test), 5)
     pop = _popularity_hr(split, 5)
     # 40 negatives, 30 of them out of block: a model that knows the blocks ranks in-block first

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from conftest import planted
-from torchcf.config import TrainConfig
+from torchcf.data.sources import DataSpec
 from torchcf.errors import ConfigError
-from torchcf.experiment import DataSpec, Pretrained, pretrain_config, run_training
-from torchcf.models import GMF, MLP, Dropout, NeuMF
-from torchcf.registry import build_model
+from torchcf.models import GMF, MLP, NeuMF
+from torchcf.models.layers import Dropout
+from torchcf.models.registry import build_model
+from torchcf.runs.train import Pretrained, pretrain_recipe, run_training
+from torchcf.training.config import TrainConfig, recipe
 
 
 def test_mlp_tower_halves_down_to_the_factors():
@@ -44,12 +46,12 @@ def test_dropout_drops_at_rate_keeps_expectation_and_repeats_under_seed():
 
 def test_pretrained_neumf_scores_alpha_mix_of_its_parts():
     gmf = build_model("gmf", 9, 13, seed=1, embedding_dim=4)
-    mlp = build_model("mlp", 9, 13, seed=2, embedding_dim=4, layers=2)
+    mlp = build_model("mlp", 9, 13, seed=2, embedding_dim=4, layers=2).eval()
     with torch.no_grad():  # make the parts distinct and non-trivial
         for p in [*gmf.parameters(), *mlp.parameters()]:
             p.normal_()
     alpha = 0.3
-    neumf = NeuMF(9, 13, embedding_dim=4, layers=2).init_from_pretrained(gmf, mlp, alpha)
+    neumf = NeuMF(9, 13, embedding_dim=4, layers=2).init_from_pretrained(gmf, mlp, alpha).eval()
     users = torch.arange(9)[:, None]
     items = torch.arange(13)[None, :]
     # the parts' logits without their heads' bias, then the bias mixed the same way
@@ -79,28 +81,21 @@ def test_pretrain_chain_from_run_directories(tmp_path):
 
     write_ml1m(tmp_path / "ratings.dat", tiny_rows(num_users=15, num_items=25, per_user=7))
     spec = DataSpec(path=str(tmp_path / "ratings.dat"))
-    base = TrainConfig(
-        model="neumf",
-        embedding_dim=4,
-        layers=2,
-        epochs=2,
-        batch_size=64,
-        eval_negatives=8,
-        learning_rate=1e-3,
-    )
-    quiet = {"progress": False, "echo": lambda _: None}
     shape = {"embedding_dim": 4, "layers": 2, "epochs": 2, "batch_size": 64, "eval_negatives": 8}
+    base = recipe("neumf", {**shape, "learning_rate": 1e-3})
+    quiet = {"progress": False, "echo": lambda _: None}
     for part in ("gmf", "mlp"):
-        run_training(spec, pretrain_config(part, shape), tmp_path / part, **quiet)
+        run_training(spec, pretrain_recipe(part, shape), tmp_path / part, **quiet)
     pretrained = Pretrained(str(tmp_path / "gmf"), str(tmp_path / "mlp"), 0.5)
     one_epoch = base.replace(epochs=1, learning_rate=1e-12)  # a no-op fine-tune
     summary = run_training(spec, one_epoch, tmp_path / "neumf", pretrained=pretrained, **quiet)
     # with no fine-tuning, NeuMF's test metrics are those of the 0.5/0.5 mix of its parts
-    from torchcf.evaluation import hit_rate, holdout_ranks
-    from torchcf.experiment import load_split
-    from torchcf.persistence import load_model
+    from torchcf.data.sources import load_split
+    from torchcf.evaluation.metrics import hit_rate
+    from torchcf.evaluation.protocols import holdout_ranks
+    from torchcf.serving.persistence import load_model
 
-    split, _ = load_split(spec, one_epoch)
+    split, _ = load_split(spec, one_epoch.split)
     gmf, mlp = load_model(tmp_path / "gmf").model, load_model(tmp_path / "mlp").model
     mixed = NeuMF(split.num_users, split.num_items, embedding_dim=4, layers=2, dropout=0.2)
     mixed.init_from_pretrained(gmf, mlp, 0.5)
@@ -119,20 +114,12 @@ def test_pretrain_chain_from_run_directories(tmp_path):
 
 def test_sgd_and_adagrad_optimizers_train():
     data = planted(num_users=60, num_items=30, groups=3, per_user=6)
-    from torchcf.split import leave_one_out
-    from torchcf.training import Trainer
+    from torchcf.data.split import leave_one_out
+    from torchcf.training.trainer import Trainer
 
     split = leave_one_out(data, 10)
     for optimizer in ("sgd", "adagrad", "lazy-adam"):
-        config = TrainConfig(
-            model="mlp",
-            embedding_dim=4,
-            layers=2,
-            epochs=2,
-            batch_size=32,
-            learning_rate=0.05,
-            optimizer=optimizer,
-        )
+        config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, optimizer=optimizer)
         model = build_model(
             "mlp", data.num_users, data.num_items, seed=0, embedding_dim=4, layers=2
         )

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import planted
-from torchcf.config import TrainConfig
+from torchcf.data.sources import DataSpec
 from torchcf.errors import ConfigError, UnknownIdError
-from torchcf.experiment import DataSpec, run_training
-from torchcf.recommend import Recommender
+from torchcf.runs.train import run_training
+from torchcf.serving.recommender import Recommender
+from torchcf.training.config import recipe
 
 GROUPS = 4
 
@@ -35,15 +36,8 @@ def write_planted(directory: Path, data, skip_users=()) -> Path:
 
 
 def train_run(directory: Path, out: Path, model: str = "gmf", epochs: int = 20, **kw) -> Path:
-    config = TrainConfig(
-        model=model,
-        embedding_dim=8,
-        epochs=epochs,
-        batch_size=64,
-        eval_negatives=20,
-        learning_rate=0.01,
-        **kw,
-    )
+    settings = {"embedding_dim": 8, "epochs": epochs, "batch_size": 64, "eval_negatives": 20}
+    config = recipe(model, {**settings, "learning_rate": 0.01, **kw})
     run_training(DataSpec(path=str(directory)), config, out, progress=False, echo=lambda _: None)
     return out
 
@@ -223,7 +217,7 @@ def test_ncf_split_items_get_titles_through_the_item_map(tmp_path):
     (root / "movies.dat").write_text(
         "".join(f"{m}::Film {m} (1999)::Drama\n" for m in movie_of.values())
     )
-    config = TrainConfig(model="gmf", embedding_dim=4, epochs=1, eval_negatives=2)
+    config = recipe("gmf", {"embedding_dim": 4, "epochs": 1, "eval_negatives": 2})
     run_training(DataSpec(path=str(ncf)), config, tmp_path / "run", progress=False, echo=print)
     rec = Recommender.load(tmp_path / "run")
     ids, scores = rec.recommend(0, k=3)

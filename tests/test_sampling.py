@@ -8,8 +8,8 @@ import torch
 
 from conftest import planted
 from torchcf.data.interactions import Interactions
+from torchcf.data.sampling import sample_negatives, sample_negatives_torch, sample_unseen_candidates
 from torchcf.errors import DataError
-from torchcf.sampling import sample_negatives, sample_negatives_torch, sample_unseen_candidates
 
 
 def test_negatives_are_never_positives_and_shaped_like_users():

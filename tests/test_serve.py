@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from conftest import planted
 from test_cli import run_cli
 from test_recommend import GROUPS, train_run, write_planted
-from torchcf.recommend import Recommender
-from torchcf.serve import create_app
+from torchcf.serving.http import create_app
+from torchcf.serving.recommender import Recommender
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_health_model_card_and_docs(client, rec):
     card = client.get("/model").json()
     assert card["model"] == "gmf" and card["num_items"] == 32 and card["num_users"] == 60
     assert card["protocol"]["k"] == 10 and "hr@10" in card["metrics"]["selected"]["test"]
-    assert card["train_config"]["embedding_dim"] == 8 and card["torchcf_version"]
+    assert card["train_config"]["model_config"]["embedding_dim"] == 8 and card["torchcf_version"]
     assert client.get("/docs").status_code == 200
     assert "/recommend" in client.get("/openapi.json").json()["paths"]
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from conftest import planted
 from torchcf.data.interactions import Interactions
 from torchcf.data.loaders import NcfData
+from torchcf.data.split import leave_one_out, ncf_split
 from torchcf.errors import DataError
-from torchcf.split import leave_one_out, ncf_split
 
 
 def _pairs(users, items):

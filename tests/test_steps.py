@@ -12,11 +12,11 @@ from conftest import (
     random_batches,
     tower_forward,
 )
-from torchcf import native
-from torchcf.config import TrainConfig
-from torchcf.losses import bce_with_logits
-from torchcf.registry import build_model
-from torchcf.steps import (
+from torchcf.models.registry import build_model
+from torchcf.training import native
+from torchcf.training.config import TrainConfig
+from torchcf.training.losses import bce_with_logits
+from torchcf.training.steps import (
     AutogradStep,
     DotProductAdamStep,
     FlatAdamStep,
@@ -29,8 +29,8 @@ from torchcf.steps import (
 KERNEL_KWARGS = {
     "mf": {"embedding_dim": 8, "init_std": 0.1},
     "gmf": {"embedding_dim": 8, "init_std": 0.1},
-    "mlp": {"embedding_dim": 4, "layers": 3, "init_std": 0.1},
-    "neumf": {"embedding_dim": 4, "layers": 3, "init_std": 0.1},
+    "mlp": {"embedding_dim": 4, "layers": 3, "dropout": 0.0, "init_std": 0.1},
+    "neumf": {"embedding_dim": 4, "layers": 3, "dropout": 0.0, "init_std": 0.1},
 }
 KERNEL_STEPS = {
     "mf": NativeDotProductAdamStep,
@@ -44,7 +44,7 @@ KERNEL_STEPS = {
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 @pytest.mark.parametrize("fused", [True, False])
 def test_analytic_step_matches_torch_adam(name, weight_decay, fused):
-    config = TrainConfig(model=name, learning_rate=0.01, weight_decay=weight_decay)
+    config = TrainConfig(learning_rate=0.01, weight_decay=weight_decay)
     reference = build_model(name, 30, 25, seed=0, embedding_dim=8, init_std=0.1)
     fast = build_model(name, 30, 25, seed=0, embedding_dim=8, init_std=0.1)
     optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=weight_decay)
@@ -90,7 +90,7 @@ def _concatenating(name):
 )
 def test_compiled_kernel_matches_torch_adam(name, settings):
     """Several hundred steps, one call per batch: logits and parameters as torch.optim.Adam."""
-    config = TrainConfig(model=name, learning_rate=0.01, **settings)
+    config = TrainConfig(learning_rate=0.01, **settings)
     batches = random_batches(steps=400)
     kwargs = KERNEL_KWARGS[name]
     forward = _concatenating(name)
@@ -115,7 +115,7 @@ def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(name, batch):
     items = torch.randint(0, 25, (n,), generator=gen)
     labels = torch.randint(0, 2, (n,), generator=gen).float()
     order = torch.randperm(n, generator=gen)
-    config = TrainConfig(model=name, learning_rate=0.01, batch_size=batch)
+    config = TrainConfig(learning_rate=0.01, batch_size=batch)
     batches = [(users[part], items[part], labels[part]) for part in order.split(batch)]
     kwargs = KERNEL_KWARGS[name]
     forward = _concatenating(name)
@@ -135,7 +135,7 @@ def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(name, batch):
 @needs_kernel
 def test_compiled_kernel_state_round_trip():
     """The kernel keeps sqrt(v); its state_dict speaks Adam's v, and loading it back resumes."""
-    config = TrainConfig(model="gmf", learning_rate=0.01)
+    config = TrainConfig(learning_rate=0.01)
     batches = random_batches(steps=60)
     kwargs = {"embedding_dim": 8, "init_std": 0.1}
     reference, _ = adam_reference("gmf", config, batches, **kwargs)
@@ -173,8 +173,8 @@ def test_bce_with_logits_closed_form():
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_flat_adam_step_matches_torch_adam(name, weight_decay):
-    config = TrainConfig(model=name, learning_rate=0.01, weight_decay=weight_decay)
-    kwargs = {"embedding_dim": 4, "layers": 2, "init_std": 0.1}
+    config = TrainConfig(learning_rate=0.01, weight_decay=weight_decay)
+    kwargs = {"embedding_dim": 4, "layers": 2, "dropout": 0.0, "init_std": 0.1}
     reference = build_model(name, 30, 25, seed=0, **kwargs)
     fast = build_model(name, 30, 25, seed=0, **kwargs)
     optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=weight_decay)

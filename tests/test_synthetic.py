@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from torchcf.data.interactions import unique_sorted
+from torchcf.data.split import leave_one_out
 from torchcf.data.synthetic import ML20M_SHAPE, powerlaw_interactions
 from torchcf.errors import ConfigError
-from torchcf.split import leave_one_out
 
 
 def test_powerlaw_interactions_shape():

@@ -14,35 +14,36 @@ from conftest import (
     random_batches,
     tower_forward,
 )
-from torchcf import native
-from torchcf.config import TrainConfig
-from torchcf.models import Dropout
-from torchcf.registry import build_model
-from torchcf.steps import (
-    TOWER_OPTIMIZERS,
+from torchcf.models.layers import Dropout
+from torchcf.models.registry import build_model
+from torchcf.training import native
+from torchcf.training.config import TrainConfig
+from torchcf.training.steps import (
     AutogradStep,
     FlatAdamStep,
     NativeTowerAdamStep,
+    TowerOptimizer,
     make_step,
 )
 
 pytestmark = needs_kernel
 
-KWARGS = {"embedding_dim": 4, "layers": 3, "init_std": 0.1}  # embeddings 16 wide, tower 32-16-8-4
+# embeddings 16 wide, tower 32-16-8-4, no dropout (the equivalence tests replay it by hand)
+KWARGS = {"embedding_dim": 4, "layers": 3, "dropout": 0.0, "init_std": 0.1}
 
 
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
 def test_lazy_adam_kernel_matches_sparse_adam(name):
     """lazy-adam: only the rows a batch touched move, as torch.optim.SparseAdam (+ dense Adam
     for the tower and head) moves them; rows never sampled keep their initial values."""
-    config = TrainConfig(model=name, learning_rate=0.01, optimizer="lazy-adam")
+    config = TrainConfig(learning_rate=0.01, optimizer="lazy-adam")
     batches = random_batches(200, batch=16)
     reference = build_model(name, 30, 25, seed=0, **KWARGS)
     slow = AutogradStep(reference, config)
     fast = build_model(name, 30, 25, seed=0, **KWARGS)
     step = make_step(fast, config)
     assert isinstance(step, NativeTowerAdamStep)
-    assert TOWER_OPTIMIZERS[step.optimizer] == "lazy-adam"
+    assert step.optimizer is TowerOptimizer.LAZY_ADAM
     for users, items, labels in batches:
         assert torch.allclose(
             step(users, items, labels), slow(users, items, labels), rtol=1e-4, atol=1e-5
@@ -64,12 +65,12 @@ def test_lazy_adam_kernel_matches_sparse_adam(name):
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_sgd_kernel_matches_torch_sgd(name, weight_decay):
     """sgd (NeuMF's fine-tuning): torch.optim.SGD without momentum, step for step."""
-    config = TrainConfig(model=name, optimizer="sgd", learning_rate=0.3, weight_decay=weight_decay)
+    config = TrainConfig(optimizer="sgd", learning_rate=0.3, weight_decay=weight_decay)
     reference = build_model(name, 30, 25, seed=0, **KWARGS)
     slow = AutogradStep(reference, config)
     fast = build_model(name, 30, 25, seed=0, **KWARGS)
     step = make_step(fast, config)
-    assert TOWER_OPTIMIZERS[step.optimizer] == "sgd"
+    assert step.optimizer is TowerOptimizer.SGD
     for users, items, labels in random_batches(200):
         assert torch.allclose(
             step(users, items, labels), slow(users, items, labels), rtol=1e-4, atol=1e-5
@@ -81,7 +82,7 @@ def test_sgd_kernel_matches_torch_sgd(name, weight_decay):
 def test_tower_kernel_dropout_replayed_by_autograd(name):
     """With dropout, each step equals autograd on the kernel's own masks (``dropout_keep``)."""
     kernel = native.load()
-    config = TrainConfig(model=name, learning_rate=0.01, seed=7)
+    config = TrainConfig(learning_rate=0.01, seed=7)
     drop = Dropout(0.25)
     widths = [16, 8, 4]  # KWARGS' tower
 
@@ -98,7 +99,7 @@ def test_tower_kernel_dropout_replayed_by_autograd(name):
     reference, want = adam_reference(
         name, config, batches, forward=forward, **{**KWARGS, "dropout": 0.0}
     )
-    fast = build_model(name, 30, 25, seed=0, **KWARGS, dropout=0.25)
+    fast = build_model(name, 30, 25, seed=0, **{**KWARGS, "dropout": 0.25})
     step = make_step(fast, config)
     for (users, items, labels), logits in zip(batches, want, strict=True):
         assert torch.allclose(step(users, items, labels), logits, rtol=1e-4, atol=1e-5)
@@ -122,7 +123,7 @@ def test_dropout_masks_are_random_and_keyed():
 
 def test_tower_kernel_state_round_trip():
     """The kernel keeps sqrt(v); its state_dict speaks Adam's v: autograd resumes from it."""
-    config = TrainConfig(model="neumf", learning_rate=0.01)
+    config = TrainConfig(learning_rate=0.01)
     batches = random_batches(60)
     reference, _ = adam_reference("neumf", config, batches, **KWARGS)
     first = build_model("neumf", 30, 25, seed=0, **KWARGS)
@@ -139,17 +140,17 @@ def test_tower_kernel_state_round_trip():
 
 def test_make_step_choice_for_towers(monkeypatch):
     mlp = build_model("mlp", 3, 3, seed=0, **KWARGS)
-    assert type(make_step(mlp, TrainConfig(model="mlp"))) is NativeTowerAdamStep
-    assert type(make_step(mlp, TrainConfig(model="mlp", step="analytic"))) is NativeTowerAdamStep
-    assert type(make_step(mlp, TrainConfig(model="mlp", step="autograd"))) is AutogradStep
-    assert type(make_step(mlp, TrainConfig(model="mlp", optimizer="sgd"))) is NativeTowerAdamStep
-    assert type(make_step(mlp, TrainConfig(model="mlp", optimizer="adagrad"))) is AutogradStep
-    assert type(make_step(mlp, TrainConfig(model="mlp", amp=True))) is FlatAdamStep
+    assert type(make_step(mlp, TrainConfig())) is NativeTowerAdamStep
+    assert type(make_step(mlp, TrainConfig(step="analytic"))) is NativeTowerAdamStep
+    assert type(make_step(mlp, TrainConfig(step="autograd"))) is AutogradStep
+    assert type(make_step(mlp, TrainConfig(optimizer="sgd"))) is NativeTowerAdamStep
+    assert type(make_step(mlp, TrainConfig(optimizer="adagrad"))) is AutogradStep
+    assert type(make_step(mlp, TrainConfig(amp=True))) is FlatAdamStep
     monkeypatch.setattr(native, "load", lambda: None)
-    assert type(make_step(mlp, TrainConfig(model="mlp"))) is FlatAdamStep
+    assert type(make_step(mlp, TrainConfig())) is FlatAdamStep
 
 
 def test_tower_kernel_bad_input_is_an_error():
-    step = make_step(build_model("mlp", 3, 3, seed=0, **KWARGS), TrainConfig(model="mlp"))
+    step = make_step(build_model("mlp", 3, 3, seed=0, **KWARGS), TrainConfig())
     with pytest.raises(RuntimeError, match="item index out of range"):
         step(torch.tensor([0]), torch.tensor([3]), torch.tensor([1.0]))

@@ -7,49 +7,46 @@ import pytest
 import torch
 
 from conftest import planted
-from torchcf.config import TrainConfig
+from torchcf.data.split import leave_one_out
 from torchcf.errors import ConfigError, TorchcfError
-from torchcf.registry import build_model
-from torchcf.split import leave_one_out
-from torchcf.training import Trainer
+from torchcf.models.registry import build_model
+from torchcf.training.config import TrainConfig, recipe
+from torchcf.training.trainer import Trainer
 
 
 def _setup(**overrides):
     data = planted(num_users=80, num_items=40, groups=4, per_user=8)
     split = leave_one_out(data, num_negatives=20, seed=0)
-    config = TrainConfig(
-        **{
-            "model": "gmf",
-            "embedding_dim": 8,
-            "epochs": 4,
-            "batch_size": 32,
-            "learning_rate": 0.01,
-            **overrides,
-        }
-    )
-    model = build_model(config.model, data.num_users, data.num_items, seed=0, embedding_dim=8)
+    name = overrides.pop("model", "gmf")
+    config = TrainConfig(**{"epochs": 4, "batch_size": 32, "learning_rate": 0.01, **overrides})
+    model = build_model(name, data.num_users, data.num_items, seed=0, embedding_dim=8)
     return model, split, config
 
 
 def test_epoch_samples_are_exact_and_balanced():
     model, split, config = _setup(num_negatives=3)
     trainer = Trainer(model, split, config)
-    users, items, labels = trainer.epoch_samples(1)
+    users, items, labels = trainer.sampler.shuffled(1)
     assert len(users) == 4 * len(split.train)
     assert int(labels.sum()) == len(split.train)
     neg = labels == 0
     assert not split.train.contains(users[neg].numpy(), items[neg].numpy()).any()
-    again = trainer.epoch_samples(1)
-    assert torch.equal(again[1], items) and not torch.equal(trainer.epoch_samples(2)[1], items)
+    again = trainer.sampler.shuffled(1)
+    assert torch.equal(again[1], items) and not torch.equal(trainer.sampler.shuffled(2)[1], items)
 
 
 def test_selection_records_both_views():
     model, split, config = _setup(epochs=5)
     fit = Trainer(model, split, config).fit()
     assert fit.selected_by == "validation"
-    best_val = max((r.val_hr, r.val_ndcg) for r in fit.history)
-    assert (fit.selected.val_hr, fit.selected.val_ndcg) == best_val
-    assert fit.best_test.test_hr == max(r.test_hr for r in fit.history)
+    best_val = max(
+        (r.metrics["validation"]["hr"], r.metrics["validation"]["ndcg"]) for r in fit.history
+    )
+    assert (
+        fit.selected.metrics["validation"]["hr"],
+        fit.selected.metrics["validation"]["ndcg"],
+    ) == best_val
+    assert fit.best_test.metrics["test"]["hr"] == max(r.metrics["test"]["hr"] for r in fit.history)
     assert len(fit.history) == 5
 
 
@@ -70,7 +67,7 @@ def test_divergence_is_reported(monkeypatch):
 
 def test_validation_selection_needs_validation():
     with pytest.raises(ConfigError):
-        TrainConfig(select_by="validation", validation=False)
+        recipe("gmf", {"select_by": "validation", "validation": False})
     model, split, config = _setup()
     no_val = leave_one_out(
         planted(num_users=80, num_items=40, groups=4, per_user=8), 20, validation=False
@@ -125,7 +122,10 @@ def test_initial_evaluation_is_epoch_zero_and_can_be_selected():
     fit = trainer.fit()
     assert [r.epoch for r in fit.history] == [0, 1, 2]
     assert np.isnan(fit.history[0].loss) and fit.history[0].train_seconds == 0.0
-    assert fit.history[1].test_hr == 0.0 and fit.history[0].val_hr > 0.0
+    assert (
+        fit.history[1].metrics["test"]["hr"] == 0.0
+        and fit.history[0].metrics["validation"]["hr"] > 0.0
+    )
     assert fit.selected.epoch == 0
     assert all(torch.equal(fit.state[k], v) for k, v in untrained.items())
     assert not fit.stopped_early
@@ -134,15 +134,7 @@ def test_initial_evaluation_is_epoch_zero_and_can_be_selected():
 def test_dropout_runs_repeat_and_leave_the_global_rng_alone():
     data = planted(num_users=60, num_items=30, groups=3, per_user=6)
     split = leave_one_out(data, 10, seed=0)
-    config = TrainConfig(
-        model="mlp",
-        embedding_dim=4,
-        layers=2,
-        dropout=0.5,
-        epochs=2,
-        batch_size=32,
-        learning_rate=0.01,
-    )
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.01)
     states = []
     for torch_seed in (1, 2):  # different global RNG states must not matter
         torch.manual_seed(torch_seed)
@@ -168,7 +160,10 @@ def test_progress_reports_each_epoch_start_and_every_sample():
 
 
 def _history(fit):
-    return [(r.loss, r.test_hr, r.test_ndcg, r.val_hr) for r in fit.history]
+    return [
+        (r.loss, r.metrics["test"]["hr"], r.metrics["test"]["ndcg"], r.metrics["validation"]["hr"])
+        for r in fit.history
+    ]
 
 
 def test_prefetch_changes_no_result():
@@ -204,14 +199,14 @@ def test_epoch_loss_is_the_mean_bce_of_the_epoch(step):
 
 @pytest.mark.parametrize("step", ["auto", "autograd"])
 def test_large_epochs_are_drawn_in_parts(monkeypatch, step):
-    """Past _CHUNK_SAMPLES an epoch comes in parts: every positive once, exact negatives."""
-    import torchcf.training as training
+    """Past CHUNK_SAMPLES an epoch comes in parts: every positive once, exact negatives."""
+    import torchcf.training.epochs as epochs
 
-    monkeypatch.setattr(training, "_CHUNK_SAMPLES", 500)
+    monkeypatch.setattr(epochs, "CHUNK_SAMPLES", 500)
     model, split, config = _setup(epochs=2, num_negatives=3, step=step)
     trainer = Trainer(model, split, config)
-    parts = list(trainer.epoch_parts(1))
-    assert trainer._parts() == len(parts) > 1
+    parts = list(trainer.sampler.epoch(1))
+    assert trainer.sampler.parts() == len(parts) > 1
     positives = []
     for users, items, labels, order in parts:
         assert len(users) <= 500 and sorted(order.tolist()) == list(range(len(users)))
@@ -221,22 +216,22 @@ def test_large_epochs_are_drawn_in_parts(monkeypatch, step):
         positives += (users[~neg] * split.num_items + items[~neg]).tolist()
     train = split.train
     assert sorted(positives) == sorted((train.users * split.num_items + train.items).tolist())
-    again = [p[1] for p in trainer.epoch_parts(1)]
+    again = [p[1] for p in trainer.sampler.epoch(1)]
     assert all(torch.equal(a, p[1]) for a, p in zip(again, parts, strict=True))
     fit = trainer.fit()
-    assert np.isfinite(fit.history[-1].loss) and fit.history[-1].test_hr > 0
+    assert np.isfinite(fit.history[-1].loss) and fit.history[-1].metrics["test"]["hr"] > 0
 
 
 def test_device_draw_path(monkeypatch):
     """The GPU's epoch draw (negatives by sorted-key rejection on the device), run on the CPU."""
     model, split, config = _setup(num_negatives=3)
     trainer = Trainer(model, split, config)
-    trainer._known_keys = torch.as_tensor(split.train.pair_keys)
-    users, items, labels = trainer.epoch_samples(1)
+    trainer.sampler._known_keys = torch.as_tensor(split.train.pair_keys)
+    users, items, labels = trainer.sampler.shuffled(1)
     neg = labels == 0
     assert int(neg.sum()) == 3 * len(split.train)
     assert not split.train.contains(users[neg].numpy(), items[neg].numpy()).any()
-    assert torch.equal(trainer.epoch_samples(1)[1], items)
+    assert torch.equal(trainer.sampler.shuffled(1)[1], items)
 
 
 def test_amp_forward_runs_in_bfloat16():

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import tiny_rows, write_ml1m
 from test_cli import run_cli
+from torchcf.data.sources import DataSpec
 from torchcf.errors import ConfigError
-from torchcf.experiment import DataSpec
-from torchcf.tune import run_tune
+from torchcf.runs.tune import run_tune
 
 
 @pytest.fixture()
@@ -33,9 +33,9 @@ def test_tune_writes_results_and_resumes(spec, tmp_path):
     assert "validation_ndcg@10" in rows[0] and not any("test" in key for key in rows[0])
     best = json.loads((out / "best_config.json").read_text())["best"]
     assert best["value"] == max(float(r["validation_ndcg@10"]) for r in rows)
-    assert best["config"]["embedding_dim"] == 4  # explicit settings are held fixed
+    assert best["settings"]["embedding_dim"] == 4  # explicit settings are held fixed
     assert "embedding_dim" not in best["params"]
-    assert best["config"]["select_by"] == "validation"
+    assert best["settings"]["select_by"] == "validation"
     again = run_tune(spec, "gmf", FIXED, 3, out, echo=logs.append)
     assert again["trials"]["complete"] == 3  # one more trial, the first two reused
     assert any("resuming" in line for line in logs)
@@ -45,7 +45,9 @@ def test_tune_refuses_what_it_cannot_do(spec, tmp_path):
     with pytest.raises(ConfigError, match="no hyperparameters"):
         run_tune(spec, "pop", FIXED, 2, tmp_path / "a")
     with pytest.raises(ConfigError, match="validation"):
-        run_tune(spec, "ease", {**FIXED, "validation": False}, 2, tmp_path / "b")
+        run_tune(spec, "ease", {"epochs": 1, "validation": False}, 2, tmp_path / "b")
+    with pytest.raises(ConfigError, match="ease does not take batch_size, embedding_dim"):
+        run_tune(spec, "ease", FIXED, 2, tmp_path / "b")
     with pytest.raises(ConfigError, match="unknown model"):
         run_tune(spec, "bert4rec", FIXED, 2, tmp_path / "c")
 

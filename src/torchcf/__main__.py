@@ -2,6 +2,6 @@
 
 import sys
 
-from torchcf.cli import main
+from torchcf.cli.main import main
 
 sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``torchcf`` command line: ``torchcf.cli.main`` and one module per command."""

@@ -1,0 +1,48 @@
+"""``torchcf serve``: the HTTP service over a trained run."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from torchcf.errors import TorchcfError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> None:
+    srv = sub.add_parser(
+        "serve",
+        help="HTTP service: /recommend, /similar, /model, /health, /docs",
+        description="Serve a trained model over HTTP (FastAPI + uvicorn).",
+    )
+    srv.add_argument("run", metavar="RUN_DIR", help="a run directory (or its model/)")
+    srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000, help="default 8000")
+    srv.add_argument(
+        "--unknown-user",
+        default="error",
+        choices=["error", "popular"],
+        help="a user not in training: 404 (error, default) or the most popular items",
+    )
+    srv.add_argument("--max-k", type=int, default=1000, help="largest k accepted (default 1000)")
+    srv.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: requests are small)"
+    )
+    srv.add_argument("--titles", metavar="FILE", help="movies.dat or u.item for titles")
+    srv.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from torchcf.serving.http import serve
+    from torchcf.serving.recommender import Recommender
+
+    if args.threads < 1 or args.max_k < 1 or not 0 < args.port < 65536:
+        raise TorchcfError("--threads and --max-k must be positive, --port in 1–65535")
+    torch.set_num_threads(args.threads)
+    rec = Recommender.load(args.run, unknown_user=args.unknown_user, titles=args.titles)
+    print(f"serving {rec.name} from {args.run} on http://{args.host}:{args.port} (docs: /docs)")
+    serve(rec, host=args.host, port=args.port, log_level=args.log_level, max_k=args.max_k)
+    return 0

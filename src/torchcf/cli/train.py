@@ -1,0 +1,92 @@
+"""``torchcf train``: split, train, evaluate and save one model (NeuMF from its pretrained parts
+with ``--pretrain``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from torchcf.cli.common import command_line, setup_torch
+from torchcf.cli.flags import add_run_flags, data_spec, overrides
+from torchcf.errors import TorchcfError
+from torchcf.models.registry import SPECS, TRAINABLE
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> None:
+    train = sub.add_parser(
+        "train",
+        help="split, train, evaluate and save a model",
+        description="Load data, split leave-one-out, train, evaluate every "
+        "epoch and save the run directory.",
+    )
+    train.add_argument("--model", default="gmf", choices=sorted(TRAINABLE), help="default gmf")
+    add_run_flags(train)
+    fast = [s.name for s in SPECS.values() if "fast" in s.recipes]
+    train.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"{'/'.join(fast)}: the fast recipe, "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{k}={v}" for k, v in SPECS[name].recipes["fast"].items())
+            for name in fast
+        )
+        + " (flags given explicitly win)",
+    )
+    p = train.add_argument_group("NeuMF pretraining")
+    p.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="train (or reuse) a GMF and an MLP in OUT/pretrain and start NeuMF from them",
+    )
+    p.add_argument("--pretrain-gmf", metavar="RUN", help="start NeuMF from this GMF run directory")
+    p.add_argument("--pretrain-mlp", metavar="RUN", help="start NeuMF from this MLP run directory")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="weight of the GMF head in the pretrained NeuMF head (default 0.5)",
+    )
+    o = train.add_argument_group("output")
+    o.add_argument("--out", help="run directory (default runs/<model>-<timestamp>)")
+    o.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchcf.runs.train import pretrained_parts, run_training
+    from torchcf.training.config import recipe
+
+    setup_torch(args)
+    spec = data_spec(args)
+    given = overrides(args)
+    parts = {"gmf": args.pretrain_gmf, "mlp": args.pretrain_mlp}
+    wants_pretrain = bool(args.pretrain or any(parts.values()))
+    if wants_pretrain and args.model != "neumf":
+        raise TorchcfError(f"--pretrain initialises neumf, not {args.model}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or os.path.join("runs", f"{args.model}-{stamp}"))
+    options = {
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+        "command": command_line(),
+    }
+    recipes = ("finetune",) if wants_pretrain else ()
+    config = recipe(args.model, given, recipes=recipes + (("fast",) if args.fast else ()))
+    pretrained = None
+    if wants_pretrain:  # every option is checked above, before the parts are trained
+        missing = [part for part, run in parts.items() if run is None]
+        if missing and not args.pretrain:
+            raise TorchcfError(f"--pretrain-{missing[0]} RUN (or --pretrain) is needed too")
+        pretrained = pretrained_parts(
+            spec, given, out, alpha=args.alpha, parts=parts, progress=options["progress"]
+        )
+    run_training(spec, config, out, pretrained=pretrained, **options)
+    return 0

@@ -1,0 +1,307 @@
+"""Leave-one-out splits with sampled evaluation candidates, from raw events or NCF files.
+
+A ``Split`` holds the training interactions, a test ``Holdout`` and an optional validation
+``Holdout`` (carved from training, the same way as the test), plus a ``protocol`` dict that travels
+with every result so a number can always be traced to how it was measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from torchcf.data.interactions import Interactions
+from torchcf.data.loaders import NcfData
+from torchcf.data.sampling import sample_unseen_candidates
+from torchcf.errors import DataError
+from torchcf.settings import Settings, non_negative, positive, setting
+
+__all__ = ["Holdout", "Split", "SplitConfig", "leave_one_out", "make_split", "ncf_split"]
+
+
+@dataclass(frozen=True)
+class SplitConfig(Settings):
+    """What defines a split and how its holdouts are ranked: shared by train, evaluate, blend
+    and compare (two runs are on the same split when these and their data agree)."""
+
+    owner: ClassVar[str] = "the split"
+
+    seed: int = setting(0, "random seed (initialisation, negatives, order; and the split)")
+    eval_negatives: int = setting(99, "sampled candidates per held-out item", check=non_negative)
+    validation: bool = setting(
+        True,
+        "hold out each user's latest remaining item for validation (--no-validation: the "
+        "seed's training set exactly)",
+    )
+    k: int = setting(10, "cut-off of HR@k and NDCG@k", flag="-k", check=positive)
+
+
+@dataclass(frozen=True, eq=False)
+class Holdout:
+    """One held-out positive per user, ranked against ``negatives`` (``-1`` = padding).
+
+    ``users``, ``items``: ``(n,)``; ``negatives``: ``(n, K)``.
+    """
+
+    name: str
+    users: np.ndarray
+    items: np.ndarray
+    negatives: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not (len(self.users) == len(self.items) == len(self.negatives)):
+            raise DataError(f"{self.name} holdout: users, items and negatives differ in length")
+        if self.negatives.ndim != 2:
+            raise DataError(f"{self.name} holdout: negatives must be (n, K)")
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def candidates(self) -> np.ndarray:
+        """``(n, 1 + K)``: the positive in column 0, then the negatives (``-1`` = padding)."""
+        return np.concatenate([self.items[:, None], self.negatives], axis=1)
+
+    def as_interactions(self, like: Interactions) -> Interactions:
+        return Interactions(
+            self.users,
+            self.items,
+            like.num_users,
+            like.num_items,
+            user_map=like.user_map,
+            item_map=like.item_map,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Training interactions and the holdouts to evaluate on."""
+
+    train: Interactions
+    test: Holdout
+    validation: Holdout | None
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_users(self) -> int:
+        return self.train.num_users
+
+    def known_items(self) -> sp.csr_matrix:
+        """Users × items: training plus validation items, what full ranking of the test
+        holdout must not rank the held-out item against."""
+        users, items = [self.train.users], [self.train.items]
+        if self.validation is not None:
+            users.append(self.validation.users)
+            items.append(self.validation.items)
+        u, i = np.concatenate(users), np.concatenate(items)
+        return sp.csr_matrix(
+            (np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.num_users, self.num_items)
+        )
+
+    @property
+    def num_items(self) -> int:
+        return self.train.num_items
+
+
+def _order_within_users(data: Interactions, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Row order sorted by user, then by time (latest last); the rule as words."""
+    rows = np.arange(len(data))
+    if data.timestamps is not None:
+        order = np.lexsort((rows, data.timestamps, data.users))
+        return order, "latest by timestamp (ties: later line wins)"
+    order = np.lexsort((rng.random(len(data)), data.users))
+    return order, "one random interaction per user (seeded; the data has no timestamps)"
+
+
+def _last_per_user(sorted_users: np.ndarray) -> np.ndarray:
+    """Positions in a user-sorted array of each user's last entry."""
+    if len(sorted_users) == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.flatnonzero(sorted_users[1:] != sorted_users[:-1])
+    return np.append(change, len(sorted_users) - 1)
+
+
+def _hold_out_last(
+    data: Interactions, rng: np.random.Generator, min_left: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Row indices of each eligible user's last interaction, the rows left, and the rule.
+
+    A user is eligible when at least ``min_left`` interactions remain after holding one out.
+    """
+    order, rule = _order_within_users(data, rng)
+    last = _last_per_user(data.users[order])
+    counts = data.user_counts()
+    eligible = counts[data.users[order[last]]] > min_left
+    held = order[last[eligible]]
+    keep = np.ones(len(data), dtype=bool)
+    keep[held] = False
+    return held, np.flatnonzero(keep), rule
+
+
+def _holdout(
+    name: str,
+    known: Interactions,
+    users: np.ndarray,
+    items: np.ndarray,
+    num: int,
+    rng: np.random.Generator,
+) -> Holdout:
+    order = np.argsort(users, kind="stable")
+    users, items = users[order], items[order]
+    negatives = sample_unseen_candidates(known, users, num, rng)
+    return Holdout(name, users, items, negatives)
+
+
+def _add_validation(
+    train: Interactions,
+    known: Interactions,
+    num_negatives: int,
+    rng: np.random.Generator,
+) -> tuple[Interactions, Holdout, str]:
+    held, keep, rule = _hold_out_last(train, rng, min_left=1)
+    validation = _holdout(
+        "validation", known, train.users[held], train.items[held], num_negatives, rng
+    )
+    return train.subset(keep), validation, rule
+
+
+def leave_one_out(
+    data: Interactions,
+    num_negatives: int = 99,
+    validation: bool = True,
+    seed: int = 0,
+) -> Split:
+    """Hold out each user's latest interaction for test (and the next latest for validation).
+
+    Duplicated (user, item) events are collapsed first, so train ∩ test = ∅. Every user needs at
+    least two distinct items (one to train on, one to test). Validation holds out a user's latest
+    remaining item when at least one other remains; users with only two items are not in it.
+    Candidates: ``num_negatives`` distinct items the user never interacted with, sampled once.
+    """
+    if len(data) == 0:
+        raise DataError("no interactions")
+    data = data.deduplicate()
+    counts = data.user_counts()
+    present = counts > 0
+    single = np.flatnonzero(present & (counts < 2))
+    if single.size:
+        raw = (
+            data.user_map.to_id(single[:1]) if data.user_map is not None else single[:1]
+        ).tolist()[0]
+        raise DataError(
+            f"user {raw!r} has a single interaction ({single.size} such users); "
+            "leave-one-out needs "
+            "at least 2 per user: drop them with --min-user-interactions 2"
+        )
+    rng = np.random.default_rng(seed)
+    held, keep, rule = _hold_out_last(data, rng, min_left=0)
+    test = _holdout("test", data, data.users[held], data.items[held], num_negatives, rng)
+    train = data.subset(keep)
+    val_holdout = None
+    val_rule = None
+    if validation:
+        train, val_holdout, val_rule = _add_validation(train, data, num_negatives, rng)
+    protocol: dict[str, Any] = {
+        "split": "leave-one-out",
+        "test_item": rule,
+        "validation_item": val_rule,
+        "candidates": f"the held-out item + {num_negatives} distinct sampled items the user never "
+        "interacted with (fewer only if the user has not that many unseen items)",
+        "eval_negatives": num_negatives,
+        "seed": seed,
+        "test_users": len(test),
+        "validation_users": 0 if val_holdout is None else len(val_holdout),
+        "train_interactions": len(train),
+        "notes": [],
+    }
+    return Split(train, test, val_holdout, protocol)
+
+
+def make_split(data: Interactions | NcfData, config: SplitConfig) -> Split:
+    """The split of ``data`` that ``config`` defines: leave-one-out of raw interactions, or the
+    given test items and candidates of an NCF split."""
+    if isinstance(data, NcfData):
+        return ncf_split(data, config.eval_negatives, config.validation, config.seed)
+    return leave_one_out(data, config.eval_negatives, config.validation, config.seed)
+
+
+def ncf_split(
+    ncf: NcfData,
+    num_negatives: int = 99,
+    validation: bool = True,
+    seed: int = 0,
+) -> Split:
+    """An NCF split: the given test items and negatives, plus an optional validation holdout.
+
+    Given candidates are cleaned: duplicates, the positive itself and the user's training items
+    are dropped (``ml-1m.test.negative`` lists 156 users' own test item as a "negative"); the
+    counts go into ``protocol['notes']``.
+    """
+    train = ncf.train.deduplicate()
+    users, items = ncf.test_users, ncf.test_items
+    width = max((len(n) for n in ncf.test_negatives), default=0)
+    raw = np.full((len(users), width), -1, dtype=np.int64)
+    lengths = np.array([len(n) for n in ncf.test_negatives])
+    if width:
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        raw[mask] = np.concatenate(ncf.test_negatives)
+    valid = raw >= 0
+    is_positive = valid & (raw == items[:, None])
+    in_train = valid & train.contains(
+        np.broadcast_to(users[:, None], raw.shape), np.maximum(raw, 0)
+    )
+    sorted_idx = np.argsort(
+        np.where(valid, raw, -1 - np.arange(width)[None, :]), axis=1, kind="stable"
+    )
+    ordered = np.take_along_axis(raw, sorted_idx, axis=1)
+    dup_sorted = np.zeros_like(valid)
+    dup_sorted[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    duplicate = np.zeros_like(valid)
+    np.put_along_axis(duplicate, sorted_idx, dup_sorted, axis=1)
+    drop = is_positive | in_train | duplicate
+    keep = valid & ~drop
+    # compact each row: kept negatives first, in their given order, then -1 padding
+    new_width = int(keep.sum(axis=1).max(initial=0))
+    position = np.cumsum(keep, axis=1) - 1
+    negatives = np.full((len(users), new_width), -1, dtype=np.int64)
+    rows = np.broadcast_to(np.arange(len(users))[:, None], raw.shape)
+    negatives[rows[keep], position[keep]] = raw[keep]
+    order = np.argsort(users, kind="stable")
+    test = Holdout("test", users[order], items[order], negatives[order])
+    notes = []
+    n_pos = int(is_positive.any(axis=1).sum())
+    if n_pos:
+        notes.append(
+            f"{n_pos} users had their own test item among the given negatives; it was dropped "
+            "from their candidates"
+        )
+    if int(duplicate.sum()):
+        notes.append(f"{int(duplicate.sum())} duplicate given negatives were dropped")
+    if int(in_train.sum()):
+        notes.append(f"{int(in_train.sum())} given negatives were training items and were dropped")
+    known = Interactions(
+        np.concatenate([train.users, users]),
+        np.concatenate([train.items, items]),
+        train.num_users,
+        train.num_items,
+    )
+    rng = np.random.default_rng(seed)
+    val_holdout, val_rule = None, None
+    if validation:
+        train, val_holdout, val_rule = _add_validation(train, known, num_negatives, rng)
+    protocol = {
+        "split": "NCF files (leave-one-out)",
+        "test_item": "as given in *.test.rating",
+        "validation_item": val_rule,
+        "candidates": f"test: the held-out item + the given negatives, cleaned (up to {width}); "
+        f"validation: + {num_negatives} distinct sampled unseen items",
+        "eval_negatives": width,
+        "seed": seed,
+        "test_users": len(test),
+        "validation_users": 0 if val_holdout is None else len(val_holdout),
+        "train_interactions": len(train),
+        "notes": notes,
+    }
+    return Split(train, test, val_holdout, protocol)

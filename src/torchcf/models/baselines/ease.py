@@ -1,0 +1,47 @@
+"""EASE (Steck 2019): a closed-form item-item model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from torchcf.data.interactions import Interactions
+from torchcf.models.base import FITTED_TRAINING, FloatRange, ModelConfig, ModelSpec
+from torchcf.models.baselines.history import HistoryModel
+from torchcf.settings import positive, setting
+
+__all__ = ["EASE", "EASEConfig", "SPEC"]
+
+
+@dataclass(frozen=True)
+class EASEConfig(ModelConfig):
+    owner: ClassVar[str] = "ease"
+    l2: float = setting(500.0, "EASE: the L2 penalty λ", check=positive)
+
+
+class EASE(HistoryModel):
+    """EASE (Steck 2019): ``B = argmin ||X − XB||² + λ||B||²`` with ``diag(B) = 0``, closed form
+    ``P = (XᵀX + λI)⁻¹``, ``B = −P / diag(P)`` (column-wise), ``B_ii = 0``; score ``X_u B``."""
+
+    name = "ease"
+    Config = EASEConfig
+
+    def fit_epoch(self, train: Interactions, epoch: int) -> float:
+        gram = self._fit_history(train)
+        gram.diagonal().add_(self.config.l2)
+        inverse = torch.linalg.inv(gram)
+        weights = -inverse / inverse.diagonal()[None, :]
+        weights.diagonal().zero_()
+        self.weights = weights.float()
+        return math.nan
+
+
+SPEC = ModelSpec(
+    EASE,
+    "EASE: closed-form item-item regression (Steck 2019)",
+    search={"l2": FloatRange(10.0, 10_000.0, log=True)},
+    training=FITTED_TRAINING,
+)

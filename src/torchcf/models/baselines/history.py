@@ -1,0 +1,82 @@
+"""Item-item models: a user's scores are ``X_u @ W`` from the user's training items ``X_u``.
+
+They keep the users' training items as CSR buffers (``history_indptr``, ``history_indices``),
+saved with the weights (no pickles), and fold new users in without fitting: ``x @ W``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchcf.data.interactions import Interactions
+from torchcf.models.base import FittedModel, ModelConfig, gather_scores
+
+__all__ = ["HistoryModel"]
+
+
+class HistoryModel(FittedModel):
+    """Scores ``X_u @ W`` from each user's training items ``X_u`` and an item-item ``W``.
+
+    ``nnz`` (the number of stored training interactions) sizes the history buffer when a saved
+    model is loaded; it is not a setting.
+    """
+
+    user_tables = ()
+    history_indptr: torch.Tensor
+    history_indices: torch.Tensor
+    weights: torch.Tensor
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        config: ModelConfig | None = None,
+        *,
+        nnz: int = 0,
+        **settings: Any,
+    ) -> None:
+        super().__init__(num_users, num_items)
+        self.config = self.make_config(config, settings)
+        self.pair_width = 64  # per scored pair, to size evaluation batches
+        self.register_buffer("history_indptr", torch.zeros(num_users + 1, dtype=torch.long))
+        self.register_buffer("history_indices", torch.zeros(nnz, dtype=torch.long))
+        self.register_buffer("weights", torch.zeros(num_items, num_items))
+
+    def hparams(self) -> dict[str, Any]:
+        return {"nnz": int(self.history_indices.numel()), **super().hparams()}
+
+    def _fit_history(self, train: Interactions) -> torch.Tensor:
+        """Keep the users' training items; return the item co-occurrence ``XᵀX`` (dense,
+        float64), computed sparse so no users × items matrix is ever materialised."""
+        csr = train.deduplicate().csr
+        csr.sort_indices()
+        self.history_indptr = torch.as_tensor(csr.indptr, dtype=torch.long)
+        self.history_indices = torch.as_tensor(csr.indices, dtype=torch.long)
+        binary = csr.astype(np.float64)
+        binary.data[:] = 1.0
+        return torch.as_tensor((binary.T @ binary).toarray())
+
+    def history(self, users: torch.Tensor) -> torch.Tensor:
+        """``(B, num_items)`` 0/1 rows of the users' training items."""
+        starts, ends = self.history_indptr[users], self.history_indptr[users + 1]
+        counts = ends - starts
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device)
+        offsets = offsets - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        columns = self.history_indices[torch.repeat_interleave(starts, counts) + offsets]
+        dense = torch.zeros(len(users), self.num_items, device=users.device)
+        dense[rows, columns] = 1.0
+        return dense
+
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        return self.history(users) @ self.weights
+
+    def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
+        """Item-item models need no fitting: ``x @ W`` for the new user's row ``x``."""
+        return self.weights[items].sum(0)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return gather_scores(self, users, items)

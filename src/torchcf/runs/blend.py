@@ -1,0 +1,240 @@
+"""The job behind ``torchcf blend``: trained runs on one split, weighed into one model.
+
+The runs' scores are standardised per user (``models.Blend``) and summed with weights chosen on
+the validation holdout: every point of a grid over the weight simplex is scored on validation
+(sampled candidates, the run's ``k``), the best by ``metric`` (ties: the other metric) wins. The
+test holdout is evaluated once, at the chosen weights. The result is a run directory like
+``train``'s: ``evaluate``, ``recommend`` and ``serve`` take it as it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchcf.data.sources import load_split
+from torchcf.data.split import Holdout
+from torchcf.errors import ConfigError
+from torchcf.evaluation.metrics import hit_rate, ndcg, positive_ranks
+from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_ks
+from torchcf.io import atomic_directory
+from torchcf.models.base import ScoringModel
+from torchcf.models.blend import Blend, standardise, weighted_sum
+from torchcf.runs.evaluate import check_split
+from torchcf.runs.rundir import RunConfig, RunDir, metric_key, metrics_at, versions
+from torchcf.runs.train import format_full
+from torchcf.serving.persistence import LoadedModel, load_model, save_model
+
+__all__ = ["blend_runs", "simplex_grid"]
+
+# grid steps per number of parts: 21 points for two runs, 66 for three, 286 for four
+GRID_STEPS = {2: 20, 3: 10, 4: 10}
+
+
+def simplex_grid(parts: int) -> list[tuple[float, ...]]:
+    """Weights ``≥ 0`` summing to 1 in steps of ``1 / GRID_STEPS[parts]``, each single part
+    alone included (a blend may find that one run is best)."""
+    if parts not in GRID_STEPS:
+        raise ConfigError(
+            f"choosing weights searches blends of 2–4 runs, got {parts}; give --weights"
+        )
+    steps = GRID_STEPS[parts]
+    grid = []
+    for bars in itertools.combinations(range(steps + parts - 1), parts - 1):
+        edges = (-1, *bars, steps + parts - 1)
+        grid.append(tuple((edges[j + 1] - edges[j] - 1) / steps for j in range(parts)))
+    return grid
+
+
+def standardised_candidates(model: ScoringModel, holdout: Holdout) -> torch.Tensor:
+    """``(n, 1 + K)`` standardised scores of each user's candidates (``Blend``'s terms)."""
+    candidates = torch.as_tensor(holdout.candidates())
+    users = torch.as_tensor(holdout.users)
+    chunk = max(1, 2**24 // model.num_items)
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(users), chunk):
+            rows = standardise(model.score_all(users[s : s + chunk]).float())
+            out.append(rows.gather(1, candidates[s : s + chunk].clamp(min=0)))
+    return torch.cat(out)
+
+
+def search_weights(models: list[ScoringModel], holdout: Holdout, k: int) -> list[dict[str, Any]]:
+    """HR@k and NDCG@k on ``holdout`` of every grid point, in grid order."""
+    terms = [standardised_candidates(m, holdout) for m in models]
+    valid = torch.as_tensor(holdout.candidates()) >= 0
+    table = []
+    for weights in simplex_grid(len(models)):
+        ranks = positive_ranks(weighted_sum(weights, list(terms)), valid)
+        metrics = metrics_at({"hr": hit_rate(ranks, k), "ndcg": ndcg(ranks, k)}, k)
+        table.append({"weights": list(weights), **metrics})
+    return table
+
+
+def _parse_weights(weights: Sequence[float], parts: int) -> list[float]:
+    if len(weights) != parts:
+        raise ConfigError(f"--weights needs one weight per run ({parts}), got {len(weights)}")
+    total = float(sum(weights))
+    if not all(0 <= w < math.inf for w in weights) or not total > 0:
+        raise ConfigError(f"--weights must be ≥ 0 and not all 0, got {list(weights)}")
+    return [float(w) / total for w in weights]
+
+
+def _same_split(runs: Sequence[str | Path]) -> RunConfig:
+    """The first run's config, after checking every run was trained on the same split."""
+    configs = [RunDir(run).read_config() for run in runs]
+    first = configs[0]
+    for run, config in zip(runs[1:], configs[1:], strict=True):
+        if config.data.to_dict() != first.data.to_dict() or config.split != first.split:
+            raise ConfigError(
+                f"{run} was trained on another split than {runs[0]} (its data, seed, "
+                "validation holdout or candidates differ)"
+            )
+    return first
+
+
+def _choose(
+    models: list[ScoringModel],
+    validation: Holdout | None,
+    k: int,
+    metric: str,
+    first_run: str | Path,
+) -> tuple[list[float], list[dict[str, Any]], str]:
+    """Weights of the best grid point on validation by ``metric`` (ties: the other metric)."""
+    if validation is None:
+        raise ConfigError(
+            f"{first_run} has no validation holdout to choose the weights on; give --weights"
+        )
+    search = search_weights(models, validation, k)
+    other = "hr" if metric == "ndcg" else "ndcg"
+    best = max(search, key=lambda row: (row[metric_key(metric, k)], row[metric_key(other, k)]))
+    return best["weights"], search, f"validation {metric.upper()}@{k} over {len(search)} weightings"
+
+
+def blend_runs(
+    runs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    weights: Sequence[float] | None = None,
+    metric: str = "ndcg",
+    overwrite: bool = False,
+    progress: bool = False,
+    echo: Callable[[str], None] = print,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Blend the models of ``runs`` (trained on one split), write the run directory ``out``;
+    returns its ``metrics.json`` summary. ``weights`` given: used as they are (normalised)."""
+    started = time.perf_counter()
+    if metric not in ("ndcg", "hr"):
+        raise ConfigError(f"--metric must be ndcg or hr, got {metric!r}")
+    if len(runs) < 2:
+        raise ConfigError(f"a blend needs two or more runs, got {len(runs)}")
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"output directory {out} exists; use --overwrite or another --out")
+    config = _same_split(runs)
+    if weights is not None:
+        weights = _parse_weights(weights, len(runs))
+    else:
+        simplex_grid(len(runs))  # fail before loading anything: too many runs to search
+    loaded = [load_model(run) for run in runs]
+    if any(run.model.name == Blend.name for run in loaded):
+        raise ConfigError("a blend's runs must be trained models, not blends")
+    split, source = load_split(config.data, config.split, progress=progress)
+    for run, model in zip(runs, loaded, strict=True):
+        check_split(model, split, run)
+    models = [run.model for run in loaded]
+    names = [f"{m.name} ({run})" for m, run in zip(models, runs, strict=True)]
+    echo(f"blend of {len(runs)} runs: {', '.join(names)}")
+    k = config.split.k
+    search: list[dict[str, Any]] = []
+    chosen_by = "given"
+    if weights is None:
+        weights, search, chosen_by = _choose(models, split.validation, k, metric, runs[0])
+    blend = Blend.of(models, list(weights))
+    holdouts = [h for h in (split.test, split.validation) if h is not None]
+    sampled = {h.name: evaluate_sampled(blend, h, k, protocol=split.protocol) for h in holdouts}
+    selected: dict[str, Any] = {"by": "validation" if search else "given"}
+    for name, result in sampled.items():
+        selected[name] = metrics_at({"hr": result.hr, "ndcg": result.ndcg}, k)
+    summary = {
+        "model": Blend.name,
+        "weights": dict(zip([f"{i}:{m.name}" for i, m in enumerate(models)], weights, strict=True)),
+        "chosen_by": chosen_by,
+        "parts": [
+            {
+                "run": str(run),
+                "model": m.model.name,
+                "selected": m.metadata.get("metrics", {}).get("selected"),
+            }
+            for run, m in zip(runs, loaded, strict=True)
+        ],
+        "selected": selected,
+        "search": search,
+        "full_ranking": evaluate_full(blend, split.test, split.known_items(), ks=full_ks(k)),
+        "parameters": int(sum(p.numel() for p in blend.parameters())),
+        "protocol": {**split.protocol, "k": k},
+        "wall_seconds": time.perf_counter() - started,
+        "versions": versions(),
+    }
+    recorded = RunConfig(
+        Blend.name,
+        config.split,
+        config.data,
+        source=source,
+        blend={"runs": [str(r) for r in runs], "weights": list(weights), "metric": metric},
+        command=command if command is not None else sys.argv,
+        versions=versions(),
+    )
+    _write(out, recorded, blend, split, summary)
+    _report(summary, models, list(weights), k, echo)
+    echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
+    return summary
+
+
+def _part(run: str | Path, loaded: LoadedModel) -> dict[str, Any]:
+    """A part as the summary lists it: its run, model and selected epoch's metrics."""
+    selected = (loaded.metadata.get("metrics") or {}).get("selected")
+    return {"run": str(run), "model": loaded.model.name, "selected": selected}
+
+
+def _write(
+    out: str | Path, config: RunConfig, blend: Blend, split: Any, summary: dict[str, Any]
+) -> None:
+    """The blend's run directory, whole or not at all."""
+    with atomic_directory(out) as tmp:
+        run = RunDir(tmp)
+        run.write_config(config)
+        save_model(
+            run.model_dir,
+            blend,
+            split.train,
+            metadata={
+                "train_config": config.to_dict(),
+                "source": config.source,
+                "metrics": summary,
+            },
+        )
+        run.write_summary(summary)
+
+
+def _report(
+    summary: dict[str, Any], models: list[ScoringModel], weights: list[float], k: int, echo: Any
+) -> None:
+    shares = " + ".join(f"{w:.2f} {m.name}" for w, m in zip(weights, models, strict=True))
+    line = f"weights ({summary['chosen_by']}): {shares}"
+    selected = summary["selected"]
+    hr, nd = metric_key("hr", k), metric_key("ndcg", k)
+    if "validation" in selected:
+        v = selected["validation"]
+        line += f"  (validation HR@{k} {v[hr]:.4f}  NDCG@{k} {v[nd]:.4f})"
+    echo(line)
+    t = selected["test"]
+    echo(f"test HR@{k} {t[hr]:.4f}  NDCG@{k} {t[nd]:.4f}")
+    echo(format_full(summary["full_ranking"], k))

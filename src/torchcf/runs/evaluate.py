@@ -1,0 +1,49 @@
+"""``torchcf evaluate``: a saved run evaluated again on the split it was trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torchcf.data.sources import load_split
+from torchcf.data.split import Split
+from torchcf.errors import ConfigError, DataError
+from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_ks
+from torchcf.runs.rundir import RunConfig, RunDir
+from torchcf.serving.persistence import LoadedModel, load_model
+
+__all__ = ["check_split", "evaluate_run", "load_run_split"]
+
+
+def check_split(loaded: LoadedModel, split: Split, run: str | Path) -> None:
+    """``DataError`` unless the saved model was trained on ``split``'s training set."""
+    if not loaded.trained_on(split):
+        raise DataError(f"the data of {run} changed since training: its split differs")
+
+
+def load_run_split(config: RunConfig, progress: bool = False) -> Split:
+    """The split a run was trained on, rebuilt from its recorded data and split settings."""
+    split, _ = load_split(config.data, config.split, progress=progress)
+    return split
+
+
+def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False) -> dict[str, Any]:
+    """Evaluate a saved run again on the split it was trained on (rebuilt from its recorded
+    data and seed): ``sampled`` (test and validation), ``full`` ranking (test), or ``both``."""
+    if protocol not in ("sampled", "full", "both"):
+        raise ConfigError(f"protocol must be sampled, full or both, got {protocol!r}")
+    config = RunDir(run).read_config()
+    loaded = load_model(run)
+    split = load_run_split(config, progress)
+    check_split(loaded, split, run)
+    k = config.split.k
+    out: dict[str, Any] = {"run": str(run), "model": loaded.model.name}
+    if protocol in ("sampled", "both"):
+        holdouts = [h for h in (split.test, split.validation) if h is not None]
+        out["sampled"] = {
+            h.name: evaluate_sampled(loaded.model, h, k, protocol=split.protocol).as_dict()
+            for h in holdouts
+        }
+    if protocol in ("full", "both"):
+        out["full"] = evaluate_full(loaded.model, split.test, split.known_items(), ks=full_ks(k))
+    return out

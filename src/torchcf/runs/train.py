@@ -1,0 +1,391 @@
+"""The job behind ``torchcf train``: load → split → train → evaluate → save a run directory,
+and NeuMF's pretraining (a GMF and an MLP run first, then NeuMF from both)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchcf.data.sources import DataSpec, load_split
+from torchcf.data.split import Split
+from torchcf.errors import ConfigError
+from torchcf.evaluation.protocols import evaluate_full, full_ks
+from torchcf.models.base import FittedModel, ScoringModel
+from torchcf.models.gmf import GMF
+from torchcf.models.mlp import MLP
+from torchcf.models.neumf import NeuMF
+from torchcf.models.registry import build_model
+from torchcf.runs.report import write_learning_curve
+from torchcf.runs.rundir import RunConfig, RunDir, metric_key, metrics_at, versions
+from torchcf.serving.persistence import load_model, save_model
+from torchcf.training.config import Recipe, recipe, takes
+from torchcf.training.trainer import (
+    EpochRecord,
+    FitResult,
+    Trainer,
+    checkpoint_callback,
+    resolve_device,
+)
+
+__all__ = [
+    "Pretrained",
+    "ensure_run",
+    "format_full",
+    "pretrain_recipe",
+    "run_training",
+    "pretrained_parts",
+]
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Run (or model) directories of a trained GMF and MLP, and the head's mixing weight α."""
+
+    gmf: str
+    mlp: str
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_alpha(self.alpha)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gmf": str(self.gmf), "mlp": str(self.mlp), "alpha": self.alpha}
+
+
+def check_alpha(alpha: float) -> None:
+    if not (isinstance(alpha, int | float) and 0.0 <= alpha <= 1.0):
+        raise ConfigError(f"--alpha must be in [0, 1], got {alpha}")
+
+
+def init_from_runs(model: ScoringModel, pretrained: Pretrained, split: Split) -> None:
+    """Initialise ``model`` (a NeuMF) from the two runs, after checking they saw the same data."""
+    if not isinstance(model, NeuMF):
+        raise ConfigError("pretraining initialises neumf models only")
+    loaded: dict[str, ScoringModel] = {}
+    for name, path, kind in (("gmf", pretrained.gmf, GMF), ("mlp", pretrained.mlp, MLP)):
+        run = load_model(path)
+        if not isinstance(run.model, kind):
+            raise ConfigError(f"{path} holds a {run.model.name} model, expected {name}")
+        if not run.trained_on(split):
+            raise ConfigError(f"{path} was trained on other data (its users or items differ)")
+        loaded[name] = run.model
+    gmf, mlp = loaded["gmf"], loaded["mlp"]
+    assert isinstance(gmf, GMF) and isinstance(mlp, MLP)
+    model.init_from_pretrained(gmf, mlp, pretrained.alpha)
+
+
+def pretrain_recipe(part: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """The recipe of the GMF or MLP run a NeuMF starts from: the part's own recipe with the
+    user's explicit settings that it takes, except the optimizer and learning rate (those are
+    fine-tuning's)."""
+    kept = {
+        name: value
+        for name, value in (overrides or {}).items()
+        if name not in ("optimizer", "learning_rate") and takes(part, name)
+    }
+    return recipe(part, kept)
+
+
+def pretrained_parts(
+    data: DataSpec,
+    overrides: Mapping[str, Any],
+    out: str | Path,
+    *,
+    alpha: float = 0.5,
+    parts: Mapping[str, str | None] | None = None,
+    reuse: Mapping[str, tuple[Recipe, Path]] | None = None,
+    **options: Any,
+) -> Pretrained:
+    """The GMF and MLP runs a NeuMF in ``out`` starts from: ``parts`` names existing run
+    directories; a part not given is trained (or reused, when finished with the same settings)
+    in ``out/pretrain/``, or in ``reuse``'s directory when its recipe is the part's (compare's
+    own gmf and mlp runs). ``options`` go to ``ensure_run`` (progress, echo, rerun)."""
+    check_alpha(alpha)
+    echo: Echo = options.get("echo", print)
+    given = dict(parts or {})
+    for part in ("gmf", "mlp"):
+        if given.get(part) is not None:
+            continue
+        part_recipe = pretrain_recipe(part, overrides)
+        reused = (reuse or {}).get(part)
+        run = reused[1] if reused and reused[0] == part_recipe else RunDir(out).pretrain(part).path
+        echo(f"== pretraining {part} in {run}")
+        ensure_run(data, part_recipe, run, **options)
+        given[part] = str(run)
+    echo(f"== neumf from {given['gmf']} and {given['mlp']}")
+    return Pretrained(str(given["gmf"]), str(given["mlp"]), alpha)
+
+
+def ensure_run(
+    data: DataSpec,
+    config: Recipe,
+    out: str | Path,
+    *,
+    rerun: bool = False,
+    echo: Echo = print,
+    pretrained: Pretrained | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The summary of a finished run in ``out`` with these settings, training it if needed."""
+    run = RunDir(out)
+    if not rerun and run.is_finished(_run_config(data, config, pretrained)):
+        echo(f"reusing the finished {config.model} run in {out}")
+        return run.read_summary()
+    return run_training(
+        data, config, out, overwrite=True, echo=echo, pretrained=pretrained, **options
+    )
+
+
+def _run_config(
+    data: DataSpec, config: Recipe, pretrained: Pretrained | None, **recorded: Any
+) -> RunConfig:
+    """What a run of ``config`` on ``data`` records (``recorded``: source, command, versions)."""
+    parts = None if pretrained is None else pretrained.as_dict()
+    return RunConfig(config.model, config.split, data, config, pretrained=parts, **recorded)
+
+
+def _source_name(source: dict[str, Any]) -> str:
+    if source.get("dataset"):
+        return str(source["dataset"])
+    if source.get("format") == "ncf":
+        return Path(source["files"][0]).name.removesuffix(".train.rating") + " (NCF split)"
+    return Path(source["path"]).name
+
+
+def format_epoch(record: EpochRecord, epochs: int, k: int) -> str:
+    """The one line printed per epoch."""
+    loss = "" if math.isnan(record.loss) else f"loss {record.loss:.4f}  "  # NaN: a fitted model
+    test = record.metrics["test"]
+    line = f"epoch {record.epoch:>3}/{epochs}  {loss}" + _metric_text(test, k)
+    if "validation" in record.metrics:
+        line += f"  (val {_metric_text(record.metrics['validation'], k)})"
+    return line + f"  train {record.train_seconds:.1f}s  eval {record.eval_seconds:.2f}s"
+
+
+def _metric_text(values: Mapping[str, float], k: int) -> str:
+    return "  ".join(f"{name.upper()}@{k} {value:.4f}" for name, value in values.items())
+
+
+def summarise(fit: FitResult, k: int, split: Split) -> dict[str, Any]:
+    """The ``metrics.json`` summary: selected epoch, test-selected best, protocol, timings."""
+    sel, best = fit.selected, fit.best_test
+    selected: dict[str, Any] = {
+        "by": fit.selected_by,
+        "epoch": sel.epoch,
+        **{name: metrics_at(values, k) for name, values in sel.metrics.items()},
+    }
+    history = fit.history
+    return {
+        "selected": selected,
+        "best_test": {
+            "epoch": best.epoch,
+            **metrics_at(best.metrics["test"], k),
+            "note": "the epoch with the best test HR, as the seed write-up reported it "
+            "(optimistic: chosen on the test set)",
+        },
+        "epochs_run": len(history),
+        "stopped_early": fit.stopped_early,
+        "seconds_per_epoch": {
+            "train": float(np.mean([r.train_seconds for r in history])),
+            "eval": float(np.mean([r.eval_seconds for r in history])),
+        },
+        "protocol": {
+            **split.protocol,
+            "k": k,
+            "metrics": f"HR@{k} and NDCG@{k} from the rank of the held-out item among its "
+            "candidates; ties count against it",
+        },
+    }
+
+
+def _progress_bar(progress: bool, epochs: int) -> tuple[Any, Callable[[int, int, int], None]]:
+    """A tqdm bar over each epoch's samples (None without ``progress``) and its callback."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=0, unit="sample", unit_scale=True, leave=False, file=sys.stderr, disable=None
+        )
+
+    def on_step(epoch: int, n: int, total: int) -> None:
+        assert bar is not None
+        if n == 0:  # a new epoch
+            bar.reset(total=total)
+            bar.set_description(f"epoch {epoch}/{epochs}")
+        bar.update(n)
+
+    return bar, on_step
+
+
+def _start(
+    data: DataSpec,
+    config: Recipe,
+    run: RunDir,
+    pretrained: Pretrained | None,
+    progress: bool,
+    echo: Echo,
+    command: list[str] | None,
+) -> tuple[Split, ScoringModel, dict[str, Any]]:
+    """Load and split the data, build the model (from the pretrained parts), write the config."""
+    split, source = load_split(data, config.split, progress=progress)
+    echo(
+        f"data: {split.num_users} users, {split.num_items} items, {len(split.train)} training "
+        f"interactions; test {len(split.test)} users"
+        + (f", validation {len(split.validation)} users" if split.validation is not None else "")
+    )
+    for note in split.protocol.get("notes", []):
+        echo(f"note: {note}")
+    model = build_model(
+        config.model,
+        split.num_users,
+        split.num_items,
+        seed=config.train.seed,
+        config=config.model_config,
+    )
+    if pretrained is not None:
+        init_from_runs(model, pretrained, split)
+        echo(
+            f"initialised from gmf {pretrained.gmf} and mlp {pretrained.mlp} "
+            f"(alpha {pretrained.alpha})"
+        )
+    run.path.mkdir(parents=True, exist_ok=True)
+    command = command if command is not None else sys.argv
+    run.write_config(
+        _run_config(data, config, pretrained, source=source, command=command, versions=versions())
+    )
+    return split, model, source
+
+
+def _fit(
+    model: ScoringModel,
+    split: Split,
+    config: Recipe,
+    run: RunDir,
+    resume: bool,
+    progress: bool,
+    echo: Echo,
+    initial: bool,
+) -> tuple[Trainer, FitResult]:
+    """Train with the per-epoch line, metrics.csv and checkpoint after every epoch."""
+    k = config.split.k
+    epochs = config.train.epochs
+    if isinstance(model, FittedModel) and model.max_epochs is not None:
+        epochs = min(epochs, model.max_epochs)  # a closed form fits once
+    bar, on_step = _progress_bar(progress, epochs)
+
+    def on_epoch(trainer: Trainer, record: EpochRecord) -> None:
+        if bar is not None:
+            bar.clear()
+        echo(format_epoch(record, epochs, k))
+        run.write_history(trainer.history, k)
+
+    trainer = Trainer(
+        model,
+        split,
+        config.train,
+        k=k,
+        callbacks=[on_epoch, checkpoint_callback(run.checkpoint)],
+        progress=on_step if bar is not None else None,
+        evaluate_initial=initial,
+    )
+    if resume:
+        trainer.load_checkpoint(run.checkpoint)
+        echo(f"resumed after epoch {len(trainer.history)}")
+    try:
+        return trainer, trainer.fit()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_training(
+    data: DataSpec,
+    config: Recipe,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    echo: Echo = print,
+    command: list[str] | None = None,
+    pretrained: Pretrained | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and save one model; returns the ``metrics.json`` summary.
+
+    ``pretrained`` initialises a NeuMF from a GMF and an MLP run directory before training.
+    """
+    run = RunDir(out)
+    if pretrained is not None and config.model != "neumf":
+        raise ConfigError(f"pretraining initialises neumf, not {config.model}")
+    run.prepare(resume=resume, overwrite=overwrite)
+    resolve_device(config.train.device)  # fail before the (slow) data loading
+    started = time.perf_counter()
+    split, model, source = _start(data, config, run, pretrained, progress, echo, command)
+    trainer, fit = _fit(model, split, config, run, resume, progress, echo, pretrained is not None)
+    model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
+    k = config.split.k
+    full = evaluate_full(
+        model, split.test, split.known_items(), ks=full_ks(k), device=trainer.device
+    )
+    summary = {
+        "model": config.model,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "source": source,
+        **summarise(fit, k, split),
+        "full_ranking": full,
+        "wall_seconds": time.perf_counter() - started,
+        "versions": versions(),
+    }
+    save_model(
+        run.model_dir,
+        model,
+        split.train,
+        metadata={"train_config": config.to_dict(), "source": source, "metrics": summary},
+        state=fit.state,
+    )
+    run.write_history(fit.history, k)
+    write_learning_curve(
+        run.curve_file,
+        fit.history,
+        k,
+        title=f"{config.model.upper()} on {_source_name(source)}",
+        selected_epoch=fit.selected.epoch,
+    )
+    run.write_summary(summary)
+    run.checkpoint.unlink(missing_ok=True)
+    _report(summary, k, echo)
+    echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
+    return summary
+
+
+def _report(summary: Mapping[str, Any], k: int, echo: Echo) -> None:
+    sel, best = summary["selected"], summary["best_test"]
+    hr, nd = metric_key("hr", k), metric_key("ndcg", k)
+    echo(
+        f"selected epoch {sel['epoch']} by {sel['by']}: test HR@{k} {sel['test'][hr]:.4f}  "
+        f"NDCG@{k} {sel['test'][nd]:.4f}"
+    )
+    echo(
+        f"best test epoch {best['epoch']} (chosen on test, as the seed did): HR@{k} "
+        f"{best[hr]:.4f}  NDCG@{k} {best[nd]:.4f}"
+    )
+    echo(format_full(summary["full_ranking"], k))
+
+
+def format_full(full: Mapping[str, Any], k: int) -> str:
+    key = {name: metric_key(name, k) for name in ("hr", "ndcg", "mrr", "coverage")}
+    return (
+        f"full ranking ({full['holdout']} item among all the user's unseen items): "
+        f"HR@{k} {full[key['hr']]:.4f}  NDCG@{k} {full[key['ndcg']]:.4f}  "
+        f"MRR@{k} {full[key['mrr']]:.4f}  coverage@{k} {full[key['coverage']]:.3f}"
+    )

@@ -1,0 +1,152 @@
+"""HTTP service over a ``Recommender``: FastAPI app factory and the uvicorn runner.
+
+Endpoints: ``GET /recommend``, ``POST /recommend`` (users, or items for fold-in), ``GET /similar``,
+``GET /health``, ``GET /model`` and the OpenAPI docs at ``/docs``. Bad input never reaches the
+model as a 500: unknown ids are 404 with ``{"detail": ...}``, invalid parameters and malformed JSON
+are 422, bodies over ``max_body_bytes`` are 413. The model is loaded once, before the app exists.
+"""
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from torchcf import __version__
+from torchcf.errors import TorchcfError, UnknownIdError
+from torchcf.serving.recommender import Recommender
+
+__all__ = ["create_app", "serve"]
+
+Id = int | str
+
+
+class RecommendRequest(BaseModel):
+    """A batch of known users, or (fold-in) the items a new user interacted with."""
+
+    model_config = ConfigDict(extra="forbid")
+    users: list[Id] | None = Field(default=None, min_length=1)
+    items: list[Id] | None = Field(default=None, min_length=1)
+    k: int = Field(default=10, ge=1)
+    exclude_seen: bool = True
+    filter_items: list[Id] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "RecommendRequest":
+        if (self.users is None) == (self.items is None):
+            raise ValueError("give exactly one of 'users' (known users) or 'items' (fold-in)")
+        return self
+
+
+class Recommendation(BaseModel):
+    item: Id
+    score: float
+    title: str | None = None
+
+
+class UserRecommendations(BaseModel):
+    user: Id | None
+    items: list[Recommendation]
+
+
+class SimilarItems(BaseModel):
+    item: Id
+    items: list[Recommendation]
+
+
+def _items(rec: Recommender, ids: np.ndarray, scores: np.ndarray) -> list[Recommendation]:
+    return [Recommendation(**row) for row in rec.rows(ids, scores)]
+
+
+def create_app(
+    rec: Recommender, max_k: int = 1000, max_batch: int = 1000, max_body_bytes: int = 1_000_000
+) -> FastAPI:
+    """The FastAPI app serving ``rec``: k ≤ ``max_k``, ≤ ``max_batch`` users/items per request."""
+    app = FastAPI(
+        title="torchcf",
+        version=__version__,
+        description=f"Recommendations from a trained {rec.name} model.",
+    )
+    app.state.recommender = rec
+    K = Annotated[int, Query(ge=1, le=max_k, description=f"list length, 1–{max_k}")]
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse(
+                {"detail": f"request body over {max_body_bytes} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    @app.exception_handler(UnknownIdError)
+    async def unknown_id(request: Request, exc: UnknownIdError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(TorchcfError)
+    async def bad_input(request: Request, exc: TorchcfError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": rec.name, "items": rec.num_items}
+
+    @app.get("/model")
+    def model_card() -> dict[str, Any]:
+        return rec.card()
+
+    @app.get("/recommend", response_model=UserRecommendations)
+    def recommend_one(
+        user: Annotated[str, Query(min_length=1, max_length=200)],
+        k: K = 10,
+        exclude_seen: bool = True,
+    ) -> UserRecommendations:
+        ids, scores = rec.recommend(user, k=k, exclude_seen=exclude_seen)
+        return UserRecommendations(
+            user=rec.user_map.canonical(user), items=_items(rec, ids, scores)
+        )
+
+    @app.post("/recommend", response_model=list[UserRecommendations])
+    def recommend_many(body: RecommendRequest) -> list[UserRecommendations]:
+        if body.k > max_k:
+            raise TorchcfError(f"k must be at most {max_k}, got {body.k}")
+        given = body.users if body.users is not None else body.items
+        assert given is not None
+        if len(given) > max_batch or len(body.filter_items or []) > rec.num_items:
+            raise TorchcfError(f"at most {max_batch} users or items per request")
+        if body.items is not None:
+            ids, scores = rec.recommend_for_items(
+                body.items, k=body.k, exclude_seen=body.exclude_seen, filter_items=body.filter_items
+            )
+            return [UserRecommendations(user=None, items=_items(rec, ids, scores))]
+        users = np.asarray(body.users, dtype=object)
+        ids, scores = rec.recommend(
+            users, k=body.k, exclude_seen=body.exclude_seen, filter_items=body.filter_items
+        )
+        return [
+            UserRecommendations(user=u, items=_items(rec, i, s))
+            for u, i, s in zip(body.users or [], ids, scores, strict=True)
+        ]
+
+    @app.get("/similar", response_model=SimilarItems)
+    def similar(
+        item: Annotated[str, Query(min_length=1, max_length=200)], k: K = 10
+    ) -> SimilarItems:
+        ids, scores = rec.similar_items(item, k=k)
+        return SimilarItems(item=rec.item_map.canonical(item), items=_items(rec, ids, scores))
+
+    return app
+
+
+def serve(
+    rec: Recommender,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    max_k: int = 1000,
+) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(rec, max_k=max_k), host=host, port=port, log_level=log_level)

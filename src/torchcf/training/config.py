@@ -1,0 +1,197 @@
+"""The training settings (``TrainConfig``) and the ``Recipe`` of a run: which model, its own
+settings, the training settings and the split's, resolved from the model's spec.
+
+The defaults of ``TrainConfig`` are the seed's (BCE, Adam lr 0.001, batch 256, 4 negatives,
+20 epochs); a model's spec overrides what does not suit it, a named recipe (``fast``,
+``finetune``) goes on top when asked for, and what the user set explicitly wins over all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torchcf.data.split import SplitConfig
+from torchcf.errors import ConfigError
+from torchcf.models.base import ModelConfig, ModelSpec
+from torchcf.models.registry import SPECS, get_spec
+from torchcf.settings import Settings, below_one, non_negative, positive, setting
+
+__all__ = ["OPTIMIZERS", "Recipe", "TrainConfig", "applicable", "recipe", "takes"]
+
+OPTIMIZERS = ("adam", "lazy-adam", "sgd", "adagrad")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """How a model is trained (the seed's settings are the defaults)."""
+
+    owner: ClassVar[str] = "training"
+
+    epochs: int = setting(20, "training epochs", check=positive)
+    batch_size: int = setting(256, "samples per step", check=positive)
+    learning_rate: float = setting(0.001, "learning rate", flag="--lr", check=positive)
+    beta1: float = setting(0.9, "Adam's β₁", check=below_one)
+    beta2: float = setting(0.999, "Adam's β₂", check=below_one)
+    lr_schedule: str = setting(
+        "constant",
+        "constant, or cosine: epoch e of E trains at lr·½(1 + cos(π(e−1)/E))",
+        choices=("constant", "cosine"),
+    )
+    weight_decay: float = setting(0.0, "L2 penalty", check=non_negative)
+    num_negatives: int = setting(
+        4,
+        "training negatives per positive, drawn afresh every epoch",
+        flag="--negatives",
+        check=positive,
+    )
+    optimizer: str = setting(
+        "adam", "adam, lazy-adam (sparse rows), sgd or adagrad", choices=OPTIMIZERS
+    )
+    loss: str = setting(
+        "bce",
+        "bce (pointwise, the NCF loss) or bpr (pairwise −log σ(s⁺ − s⁻))",
+        choices=("bce", "bpr"),
+    )
+    step: str = setting(
+        "auto",
+        "training step: auto (the compiled kernel where the model declares one), analytic "
+        "(require it) or autograd",
+        choices=("auto", "analytic", "autograd"),
+    )
+    prefetch: bool = setting(
+        False, "draw the next epoch's samples in the background (large batches)"
+    )
+    amp: bool = setting(False, "bfloat16 autocast of the forward pass (GPUs; autograd steps)")
+    patience: int = setting(
+        0, "stop after this many epochs without improvement (0: never)", check=non_negative
+    )
+    select_by: str = setting(
+        "auto",
+        "holdout that selects the reported epoch (auto: validation when there is one)",
+        flag="--select",
+        choices=("auto", "validation", "test"),
+    )
+    seed: int = setting(0, "random seed (initialisation, negatives, order; and the split)")
+    device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
+
+    def epoch_learning_rate(self, epoch: int) -> float:
+        """The learning rate of 1-based ``epoch`` under ``lr_schedule``."""
+        if self.lr_schedule == "cosine":
+            progress = (epoch - 1) / self.epochs
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.learning_rate
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run is made of: the model's name and settings, the training
+    settings and the split's. ``to_dict``/``from_dict`` round-trip it through JSON."""
+
+    model: str
+    model_config: ModelConfig
+    train: TrainConfig
+    split: SplitConfig
+
+    def __post_init__(self) -> None:
+        if self.train.select_by == "validation" and not self.split.validation:
+            raise ConfigError("selecting by validation needs the validation holdout")
+        if not isinstance(self.model_config, get_spec(self.model).config):
+            raise ConfigError(f"{self.model} takes a {get_spec(self.model).config.__name__}")
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_spec(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_config": self.model_config.to_dict(),
+            "train": self.train.to_dict(),
+            "split": self.split.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Recipe:
+        spec = get_spec(values["model"])
+        return cls(
+            spec.name,
+            spec.config.from_dict(values.get("model_config", {})),
+            TrainConfig.from_dict(values.get("train", {})),
+            SplitConfig.from_dict(values.get("split", {})),
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting by name, flat (model, training, split)."""
+        return {**self.split.to_dict(), **self.train.to_dict(), **self.model_config.to_dict()}
+
+    def replace(self, **changes: Any) -> Recipe:
+        """The same recipe with ``changes`` (setting names of any of its parts)."""
+        return _assemble(self.spec, {**self._given(), **changes})
+
+    def _given(self) -> dict[str, Any]:
+        return {name: v for name, v in self.settings().items() if takes(self.model, name)}
+
+
+def _training_fields(spec: ModelSpec) -> tuple[str, ...]:
+    names = TrainConfig.field_names()
+    return names if spec.training is None else tuple(n for n in names if n in spec.training)
+
+
+def takes(model: str, name: str) -> bool:
+    """Does ``model`` take the setting ``name`` (its own, a training or a split setting)?"""
+    spec = get_spec(model)
+    return (
+        name in spec.config.field_names()
+        or name in _training_fields(spec)
+        or name in SplitConfig.field_names()
+    )
+
+
+def applicable(model: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``settings`` that ``model`` takes (what a comparison of several models
+    applies to each)."""
+    return {name: value for name, value in settings.items() if takes(model, name)}
+
+
+def _assemble(spec: ModelSpec, values: Mapping[str, Any]) -> Recipe:
+    refused = sorted(name for name in values if not takes(spec.name, name))
+    if refused:
+        raise ConfigError(
+            f"{spec.name} does not take {', '.join(refused)} (its settings: "
+            f"{', '.join(spec.config.field_names()) or 'none of its own'}; training: "
+            f"{', '.join(_training_fields(spec))})"
+        )
+
+    def part(names: Sequence[str]) -> dict[str, Any]:
+        return {name: values[name] for name in names if name in values}
+
+    return Recipe(
+        spec.name,
+        spec.config.from_dict(part(spec.config.field_names())),
+        TrainConfig.from_dict(part(TrainConfig.field_names())),
+        SplitConfig.from_dict(part(SplitConfig.field_names())),
+    )
+
+
+def recipe(
+    model: str,
+    overrides: Mapping[str, Any] | None = None,
+    recipes: Sequence[str] = (),
+) -> Recipe:
+    """The recipe of ``model``: the seed's training settings, the model's own settings and
+    defaults, the named ``recipes`` (``fast``, ``finetune``) in order, then ``overrides`` (what
+    the user set explicitly) on top. A setting the model does not take is an error naming it."""
+    spec = get_spec(model)
+    values: dict[str, Any] = dict(spec.defaults)
+    for name in recipes:
+        if name not in spec.recipes:
+            having = [s.name for s in SPECS.values() if name in s.recipes]
+            raise ConfigError(
+                f"the {name} recipe exists for {' and '.join(having) or 'no model'}, not {model}"
+            )
+        values.update(spec.recipes[name])
+    values.update(overrides or {})
+    return _assemble(spec, values)

@@ -1,0 +1,73 @@
+"""The compiled training kernels (``csrc/``: MF/GMF and MLP/NeuMF), built on first use.
+
+``torch.utils.cpp_extension`` compiles it with the machine's C++ compiler (tuned for this CPU)
+into torch's extension cache, so later runs load it in well under a second. Where it cannot be
+built (no compiler, another platform) ``load()`` returns None and torchcf uses the same exact step
+written as PyTorch tensor ops instead (``torchcf.training.steps``), several times slower.
+``TORCHCF_NATIVE=0`` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["load"]
+
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCE = _CSRC / "module.cpp"  # includes the kernels: one translation unit
+_PARTS = [_CSRC / name for name in ("module.cpp", "adam.h", "dot_adam.cpp", "tower_adam.cpp")]
+_module: ModuleType | None = None
+_tried = False
+
+
+def _cpu_tag() -> str:
+    """A short tag of this CPU's instruction sets: the build uses ``-march=native``, so a cache
+    shared between machines must not hand one CPU's binary to another."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    digest = hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()
+    return digest[:10]
+
+
+def load(verbose: bool = False) -> ModuleType | None:
+    """The compiled kernel module, or None where it is turned off or cannot be built."""
+    global _module, _tried
+    if _tried:
+        return _module
+    _tried = True
+    if os.environ.get("TORCHCF_NATIVE", "1") == "0" or platform.system() != "Linux":
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        digest = hashlib.sha1()
+        for path in _PARTS:
+            digest.update(path.read_bytes())
+        _module = cpp_extension.load(
+            name=f"torchcf_kernels_{digest.hexdigest()[:8]}_{_cpu_tag()}",
+            sources=[str(_SOURCE)],
+            extra_include_paths=[str(_CSRC)],
+            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=verbose,
+        )
+    except Exception as exc:  # no compiler, no headers, no ninja: fall back to tensor ops
+        warnings.warn(
+            f"torchcf: the compiled training kernels are unavailable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); using the slower tensor-op step",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        _module = None
+    return _module
