@@ -14,7 +14,7 @@ from conftest import (
     random_batches,
     tower_forward,
 )
-from torchcf.models.layers import Dropout
+from torchcf.models.layers import Dropout, dropout_keep
 from torchcf.models.registry import build_model
 from torchcf.training import native
 from torchcf.training.config import TrainConfig
@@ -80,15 +80,15 @@ def test_sgd_kernel_matches_torch_sgd(name, weight_decay):
 
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
 def test_tower_kernel_dropout_replayed_by_autograd(name):
-    """With dropout, each step equals autograd on the kernel's own masks (``dropout_keep``)."""
-    kernel = native.load()
+    """With dropout, each step of the kernel equals autograd on the Python generator's masks
+    (``layers.dropout_keep``), which are the kernel's (the test above)."""
     config = TrainConfig(learning_rate=0.01, seed=7)
     drop = Dropout(0.25)
     widths = [16, 8, 4]  # KWARGS' tower
 
-    def keeps_of(step, n):
+    def keeps_of(step, n):  # the Python generator's masks: the kernel's own (one generator)
         return [
-            kernel.dropout_keep(7, step, layer, n * w, drop.threshold, drop.scale).view(n, w)
+            dropout_keep(7, step, layer, n * w, drop.threshold, drop.scale).view(n, w)
             for layer, w in enumerate(widths)
         ]
 
@@ -104,6 +104,31 @@ def test_tower_kernel_dropout_replayed_by_autograd(name):
     for (users, items, labels), logits in zip(batches, want, strict=True):
         assert torch.allclose(step(users, items, labels), logits, rtol=1e-4, atol=1e-5)
     assert_same_parameters(reference, fast)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3, 2**62 + 11])
+def test_one_dropout_generator_for_the_kernel_and_the_python_path(seed):
+    """The Python masks (``layers.dropout_keep``: the autograd path's) are the kernel's, bit
+    for bit, at any count (not only multiples of the 8 bytes a draw gives) and key."""
+    kernel = native.load()
+    drop = Dropout(0.3)
+    for step, layer, count in ((1, 0, 1), (2, 1, 7), (3, 2, 1000), (1234567, 3, 4099)):
+        mine = dropout_keep(seed, step, layer, count, drop.threshold, drop.scale)
+        theirs = kernel.dropout_keep(seed, step, layer, count, drop.threshold, drop.scale)
+        assert torch.equal(mine, theirs), (seed, step, layer, count)
+    # a keyed module applies exactly these factors
+    module = Dropout(0.3, layer=2)
+    module.key = (seed, 5)
+    x = torch.ones(16, 24)
+    expected = dropout_keep(seed, 5, 2, x.numel(), drop.threshold, drop.scale).view(16, 24)
+    assert torch.equal(module(x), expected)
+
+
+def test_the_kernels_optimizer_enum_is_the_declared_one():
+    kernel = native.load()
+    assert {m.name.lower(): int(m) for m in TowerOptimizer} == {
+        name: int(value) for name, value in kernel.Optimizer.__members__.items()
+    }
 
 
 def test_dropout_masks_are_random_and_keyed():
@@ -154,3 +179,19 @@ def test_tower_kernel_bad_input_is_an_error():
     step = make_step(build_model("mlp", 3, 3, seed=0, **KWARGS), TrainConfig())
     with pytest.raises(RuntimeError, match="item index out of range"):
         step(torch.tensor([0]), torch.tensor([3]), torch.tensor([1.0]))
+
+
+def test_autograd_steps_key_the_dropout_by_seed_and_step():
+    """The autograd path draws the kernel's masks: its steps key every dropout layer by
+    (seed, optimizer step), counted on across a state round trip (resume)."""
+    for kind in ("autograd", "auto"):  # torch.optim's Adam; Adam fused over a flat buffer
+        model = build_model("mlp", 30, 25, seed=0, **{**KWARGS, "dropout": 0.25})
+        config = TrainConfig(step=kind, seed=9, amp=kind == "auto")  # amp: not the kernel
+        step = make_step(model, config)
+        for users, items, labels in random_batches(3):
+            step(users, items, labels)
+        drops = [m for m in model.modules() if isinstance(m, Dropout)]
+        assert len(drops) == 3 and all(m.key == (9, 3) for m in drops)
+        again = make_step(build_model("mlp", 30, 25, seed=0, **{**KWARGS, "dropout": 0.25}), config)
+        again.load_state_dict(step.state_dict())
+        assert again.keys.taken == 3

@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
     "DotLayout",
     "Dropout",
+    "dropout_keep",
     "KernelLayout",
     "TowerLayout",
     "head",
@@ -49,36 +49,85 @@ class _MaskedScale(torch.autograd.Function):
         return grad * keep, None
 
 
-class Dropout(nn.Module):
-    """Inverted dropout whose CPU masks come from NumPy's PCG64 random bytes.
+_MASK64 = (1 << 64) - 1
+_GOLDEN, _MUL1, _MUL2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
-    ``nn.Dropout`` on CPU draws from torch's Mersenne Twister one float at a time and costs more
-    than the tower's matmuls (~1 ms per 1,024 × 128 activations here, against ~0.15 ms for a byte
-    mask). The drop probability is rounded to a multiple of 1/256 (0.2 → 51/256 = 0.1992) and the
-    kept units are scaled by the exact 1/(1 - p) of that rounding, so expectations are unchanged.
-    Each call seeds its bytes from torch's global generator: runs stay repeatable under
-    ``torch.manual_seed``. On other devices it is ``nn.functional.dropout``.
+
+def _mix_int(x: int) -> int:
+    """splitmix64's finaliser on a Python int (as the compiled kernel's ``mix``)."""
+    x = (x + _GOLDEN) & _MASK64
+    x = ((x ^ (x >> 30)) * _MUL1) & _MASK64
+    x = ((x ^ (x >> 27)) * _MUL2) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _signed(x: int) -> int:
+    """The int64 with the bits of the uint64 ``x``."""
+    return x - (1 << 64) if x >> 63 else x
+
+
+def _shift(t: torch.Tensor, bits: int) -> torch.Tensor:
+    """The logical right shift of int64 tensors' bits (``>>`` on int64 is arithmetic)."""
+    return (t >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(t: torch.Tensor) -> torch.Tensor:
+    """``_mix_int`` elementwise on int64 tensors (their arithmetic wraps like uint64's)."""
+    t = t + _signed(_GOLDEN)
+    t = (t ^ _shift(t, 30)) * _signed(_MUL1)
+    t = (t ^ _shift(t, 27)) * _signed(_MUL2)
+    return t ^ _shift(t, 31)
+
+
+def dropout_keep(
+    seed: int,
+    step: int,
+    layer: int,
+    count: int,
+    threshold: int,
+    scale: float,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The dropout factors of tower layer ``layer`` at training step ``step`` (1-based), for
+    ``count`` units in row-major order: 0 where unit ``j``'s random byte is below
+    ``threshold``, else ``scale``. The bytes come from splitmix64 keyed by (seed, step, layer)
+    and the unit's position, the generator of the compiled tower kernel (tested equal to its
+    ``dropout_keep``), so masks depend on no thread, device, call size or global state."""
+    key = _mix_int((seed & _MASK64) ^ _mix_int((step * 64 + layer) & _MASK64))
+    blocks = torch.arange((count + 7) // 8, dtype=torch.int64, device=device) + _signed(key)
+    units = _mix(blocks).view(torch.uint8)[:count]  # byte b of block j: unit 8j + b
+    factor = torch.tensor(scale, dtype=torch.float32, device=device)
+    return (units >= threshold).to(torch.float32) * factor
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with the compiled kernel's masks (``dropout_keep``).
+
+    The drop probability is rounded to a multiple of 1/256 (0.2 → 51/256 = 0.1992) and the kept
+    units are scaled by the exact 1/(1 - p) of that rounding, so expectations are unchanged.
+    The training step sets ``key = (seed, step)`` before each batch, so a run's masks are the
+    kernel's and repeat on a resumed run; without a key (a model used outside a step) each call
+    draws a seed from torch's global generator (repeatable under ``torch.manual_seed``).
+    ``layer`` is the tower layer the dropout follows.
     """
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, layer: int = 0) -> None:
         super().__init__()
         self.p = p
+        self.layer = layer
         self.threshold = max(1, round(p * 256))  # bytes below it are dropped
         self.scale = 256.0 / (256 - self.threshold)
+        self.key: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        if x.device.type != "cpu":
-            return nn.functional.dropout(x, self.p, True)
-        seed = int(torch.randint(0, 2**62, (1,)))
-        raw = np.random.default_rng(seed).bytes(x.numel())
-        mask = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(x.shape)
-        keep = (mask >= self.threshold).to(x.dtype).mul_(self.scale)
-        return _MaskedScale.apply(x, keep)
+        seed, step = self.key if self.key is not None else (int(torch.randint(2**62, (1,))), 0)
+        keep = dropout_keep(seed, step, self.layer, x.numel(), self.threshold, self.scale, x.device)
+        return _MaskedScale.apply(x, keep.view(x.shape).to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, layer={self.layer}"
 
 
 def tower(
@@ -94,7 +143,7 @@ def tower(
         nn.init.zeros_(linear.bias)
         modules += [linear, nn.ReLU()]
         if dropout > 0:
-            modules.append(Dropout(dropout))
+            modules.append(Dropout(dropout, layer=level))
         width = out
     return nn.Sequential(*modules)
 

@@ -19,7 +19,7 @@ import torch
 
 from torchcf.errors import ConfigError
 from torchcf.models.base import ScoringModel
-from torchcf.models.layers import DotLayout, TowerLayout
+from torchcf.models.layers import DotLayout, Dropout, TowerLayout
 from torchcf.training import native
 from torchcf.training.losses import LOSSES
 
@@ -85,6 +85,21 @@ def _forward(
     return forward
 
 
+class DropoutKeys:
+    """Keys the model's dropout layers by (seed, step) before each batch: the compiled tower
+    kernel's masks, so the autograd path and the kernel drop the same units."""
+
+    def __init__(self, model: ScoringModel, seed: int) -> None:
+        self.dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+        self.seed = seed
+        self.taken = 0  # optimizer steps taken
+
+    def next_step(self) -> None:
+        self.taken += 1
+        for layer in self.dropouts:
+            layer.key = (self.seed, self.taken)
+
+
 class AutogradStep:
     """Forward, BCE on logits, backward, optimizer step: works for every model.
 
@@ -114,10 +129,12 @@ class AutogradStep:
             self.optimizers = [make_optimizer(params, config)]
         self.loss = LOSSES[config.loss]
         self.forward = _forward(model, config)
+        self.keys = DropoutKeys(model, config.seed)
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
+        self.keys.next_step()
         logits = self.forward(users, items)
         loss = self.loss(logits, labels)
         for optimizer in self.optimizers:
@@ -133,11 +150,12 @@ class AutogradStep:
                 group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+        return {"optimizers": [o.state_dict() for o in self.optimizers], "taken": self.keys.taken}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
+        self.keys.taken = int(state["taken"])
 
 
 class FlatAdam:
@@ -250,10 +268,12 @@ class FlatAdamStep(FlatAdam):
                 p.grad = grad
         self.loss = LOSSES[config.loss]
         self.forward = _forward(model, config)
+        self.keys = DropoutKeys(model, config.seed)
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
+        self.keys.next_step()
         logits = self.forward(users, items)
         loss = self.loss(logits, labels)
         self.grad.zero_()
@@ -266,6 +286,10 @@ class FlatAdamStep(FlatAdam):
                 p.grad = None
             self._adam_update()
         return logits.detach()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.keys.taken = int(self.steps)  # the dropout keys count Adam's steps
 
 
 class DotProductAdamStep(FlatAdam):
@@ -324,6 +348,7 @@ class CompiledSteps:
     ``state_dict`` / ``load_state_dict`` speak Adam's usual moments."""
 
     exp_avg_sq: torch.Tensor
+    kernel: Any
 
     flat: torch.Tensor
     grad: torch.Tensor
@@ -354,18 +379,32 @@ class CompiledSteps:
         """
         if order is None:
             order = torch.arange(len(users))
-        buffers = (self.flat, self.grad, self.exp_avg, self.exp_avg_sq, self.steps)
-        samples = (
-            users.contiguous(),
-            items.contiguous(),
-            labels.float().contiguous(),
-            order.contiguous(),
-            torch.empty(0) if logits is None else logits,
+        k = self.kernel
+        buffers = k.Buffers(
+            flat=self.flat,
+            grad=self.grad,
+            exp_avg=self.exp_avg,
+            exp_avg_sqrt=self.exp_avg_sq,
+            steps=self.steps,
         )
-        adam = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)
-        return self._launch(buffers + samples, batch_size or self.batch_size, adam)
+        batches = k.Batches(
+            users=users.contiguous(),
+            items=items.contiguous(),
+            labels=labels.float().contiguous(),
+            order=order.contiguous(),
+            logits=torch.empty(0) if logits is None else logits,
+            batch_size=batch_size or self.batch_size,
+        )
+        adam = k.AdamSettings(
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+        )
+        return self._launch(buffers, batches, adam)
 
-    def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
+    def _launch(self, buffers: Any, batches: Any, adam: Any) -> float:
         raise NotImplementedError
 
     def __call__(
@@ -401,15 +440,17 @@ class NativeDotProductAdamStep(CompiledSteps, DotProductAdamStep):
             raise ConfigError("the compiled MF/GMF kernel runs on the CPU")
         self.kernel = kernel
         self.batch_size = config.batch_size
+        self.shape = kernel.DotShape(
+            num_users=self.num_users, num_rows=self.num_rows, dim=self.dim, has_head=self.has_head
+        )
 
-    def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
-        model = (self.num_users, self.num_rows, self.dim, self.has_head)
-        return self.kernel.dot_adam_batches(*args, *model, batch_size, *adam)
+    def _launch(self, buffers: Any, batches: Any, adam: Any) -> float:
+        return float(self.kernel.dot_adam_batches(buffers, batches, self.shape, adam))
 
 
 class TowerOptimizer(enum.IntEnum):
-    """The optimizers of the compiled MLP/NeuMF kernel: the codes of ``csrc/tower_adam.cpp``'s
-    ``kAdam``, ``kLazyAdam`` and ``kSgd``."""
+    """The optimizers of the compiled MLP/NeuMF kernel, as its ``Optimizer`` enum names them
+    (``csrc/adam.h``; a test checks that the two agree)."""
 
     ADAM = 0
     LAZY_ADAM = 1
@@ -442,23 +483,31 @@ class NativeTowerAdamStep(CompiledSteps, FlatAdam):
         if self.flat.device.type != "cpu":
             raise ConfigError("the compiled MLP/NeuMF kernel runs on the CPU")
         self.kernel = kernel
-        self.model_dims = (
-            model.num_users,
-            model.num_items,
-            layout.gmf_dim,
-            layout.width,
-            layout.layer_widths,
+        self.shape = kernel.TowerShape(
+            num_users=model.num_users,
+            num_items=model.num_items,
+            gmf_dim=layout.gmf_dim,
+            width=layout.width,
+            layer_widths=layout.layer_widths,
         )
         self.optimizer = optimizer
+        self.kernel_optimizer = getattr(kernel.Optimizer, optimizer.name.lower())
         self.batch_size = config.batch_size
         self.seed = config.seed
         # the model's own dropout layers' rounded probability and scale (all alike)
         drop = layout.dropout
-        self.dropout = (drop.threshold, drop.scale) if drop is not None else (0, 1.0)
+        self.dropout = kernel.DropoutSettings(
+            threshold=0 if drop is None else drop.threshold,
+            scale=1.0 if drop is None else drop.scale,
+            seed=config.seed,
+        )
 
-    def _launch(self, args: tuple[Any, ...], batch_size: int, adam: tuple[float, ...]) -> float:
-        extra = (int(self.optimizer), *self.dropout, self.seed)
-        return self.kernel.tower_adam_batches(*args, *self.model_dims, batch_size, *adam, *extra)
+    def _launch(self, buffers: Any, batches: Any, adam: Any) -> float:
+        return float(
+            self.kernel.tower_adam_batches(
+                buffers, batches, self.shape, self.kernel_optimizer, adam, self.dropout
+            )
+        )
 
 
 def _kernel_ok(model: ScoringModel, config: TrainConfig) -> bool:

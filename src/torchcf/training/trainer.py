@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from torchcf.data.split import Split
@@ -167,13 +166,13 @@ class Trainer:
         if self.progress is not None:
             self.progress(epoch, 0, total)  # an epoch starts
         loss, count = 0.0, 0
-        for number, (users, items, labels, order) in enumerate(self.sampler.epoch(epoch)):
+        for users, items, labels, order in self.sampler.epoch(epoch):
             count += len(order)
             if isinstance(self.step, CompiledSteps):
                 loss += self._run_calls(epoch, users, items, labels, order, total)
             else:
                 logits, shuffled = self._step_batches(
-                    epoch, number, users[order], items[order], labels[order], total
+                    epoch, users[order], items[order], labels[order], total
                 )
                 part_loss = LOSSES[self.config.loss](logits.double(), shuffled.double())
                 loss += float(part_loss) * len(order)
@@ -206,7 +205,6 @@ class Trainer:
     def _step_batches(
         self,
         epoch: int,
-        part: int,
         users: torch.Tensor,
         items: torch.Tensor,
         labels: torch.Tensor,
@@ -216,17 +214,11 @@ class Trainer:
         size = self.config.batch_size
         logits = []
         batches = zip(users.split(size), items.split(size), labels.split(size), strict=True)
-        # dropout draws from torch's global generator (modules take none): seed it per epoch
-        # inside a fork, so runs and resumed runs repeat and the caller's RNG is left untouched
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            key = [self.config.seed, epoch, 1] + ([part] if part else [])
-            torch.manual_seed(int(np.random.default_rng(key).integers(2**62)))
-            assert self.step is not None
-            for batch_users, batch_items, batch_labels in batches:
-                logits.append(self.step(batch_users, batch_items, batch_labels))
-                if self.progress is not None:
-                    self.progress(epoch, len(batch_users), total)
+        assert self.step is not None
+        for batch_users, batch_items, batch_labels in batches:  # (dropout: keyed by the step)
+            logits.append(self.step(batch_users, batch_items, batch_labels))
+            if self.progress is not None:
+                self.progress(epoch, len(batch_users), total)
         return (torch.cat(logits) if logits else torch.zeros(0)), labels
 
     def evaluate(self) -> dict[str, dict[str, float]]:

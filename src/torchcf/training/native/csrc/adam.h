@@ -20,6 +20,23 @@
 
 namespace torchcf {
 
+// What crosses from Python: the flat buffers of a compiled step, a run of samples, Adam's
+// settings and the optimizer (named, as torchcf.training.steps declares them).
+struct Buffers {
+  torch::Tensor flat, grad, exp_avg, exp_avg_sqrt, steps;  // exp_avg_sqrt: sqrt of Adam's v
+};
+
+struct Batches {
+  torch::Tensor users, items, labels, order, logits;  // logits: one per sample, or empty
+  int64_t batch_size;
+};
+
+struct AdamSettings {
+  double lr, beta1, beta2, eps, weight_decay;
+};
+
+enum class Optimizer : int64_t { kAdam = 0, kLazyAdam = 1, kSgd = 2 };
+
 inline void check(const torch::Tensor& t, c10::ScalarType dtype, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
   TORCH_CHECK(t.scalar_type() == dtype, name, " has the wrong dtype");
@@ -64,32 +81,31 @@ inline void adam_decay(float* p, float* m, float* s, int64_t n, const AdamCoeffi
 }
 
 
-inline AdamCoefficients adam_coefficients(double step, double lr, double beta1, double beta2,
-                                          double eps, double weight_decay) {
-  const double bias1 = 1.0 - std::pow(beta1, step);
-  const double bias2 = 1.0 - std::pow(beta2, step);
-  return AdamCoefficients{static_cast<float>(lr / bias1),
+inline AdamCoefficients adam_coefficients(double step, const AdamSettings& a) {
+  const double bias1 = 1.0 - std::pow(a.beta1, step);
+  const double bias2 = 1.0 - std::pow(a.beta2, step);
+  return AdamCoefficients{static_cast<float>(a.lr / bias1),
                           static_cast<float>(1.0 / std::sqrt(bias2)),
-                          static_cast<float>(1.0 - beta1),
-                          static_cast<float>(beta2),
-                          static_cast<float>(1.0 - beta2),
-                          static_cast<float>(std::sqrt(beta2)),
-                          static_cast<float>(eps),
-                          static_cast<float>(weight_decay)};
+                          static_cast<float>(1.0 - a.beta1),
+                          static_cast<float>(a.beta2),
+                          static_cast<float>(1.0 - a.beta2),
+                          static_cast<float>(std::sqrt(a.beta2)),
+                          static_cast<float>(a.eps),
+                          static_cast<float>(a.weight_decay)};
 }
 
-// A run's samples in training order (the arguments checked, logits: one per sample or none): users[order[k]], items[order[k]] (offset by num_users,
-// so both index one table of user rows then item rows), labels[order[k]]. Gathered first: one
+// A run's samples in training order (the arguments checked, logits: one per sample or none):
+// users[order[k]], items[order[k]] (offset by num_users, so both index one table of user rows
+// then item rows), labels[order[k]]. Gathered first: one
 // tight loop of independent loads instead of three cache misses per sample in the training loop.
 struct Samples {
   std::vector<int64_t> user, item;
   std::vector<float> label;
 };
 
-inline Samples gather_samples(const torch::Tensor& users, const torch::Tensor& items,
-                              const torch::Tensor& labels, const torch::Tensor& order,
-                              const torch::Tensor& logits, int64_t num_users,
-                              int64_t num_items) {
+inline Samples gather_samples(const Batches& b, int64_t num_users, int64_t num_items) {
+  const torch::Tensor &users = b.users, &items = b.items, &labels = b.labels, &order = b.order;
+  const torch::Tensor& logits = b.logits;
   check(users, torch::kInt64, "users");
   check(items, torch::kInt64, "items");
   check(order, torch::kInt64, "order");
@@ -139,6 +155,14 @@ inline double bce(float z, float y, float* sigmoid) {
   const float e = std::exp(-std::abs(z));
   *sigmoid = z >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
   return std::max(z, 0.0f) - y * z + std::log1p(e);
+}
+
+// The checks every compiled step starts with: the buffers' kind and the batch size.
+inline void check_buffers(const Buffers& b, const Batches& batches) {
+  for (const auto* t : {&b.flat, &b.grad, &b.exp_avg, &b.exp_avg_sqrt, &batches.logits}) {
+    check(*t, torch::kFloat32, "a parameter, moment or logit buffer");
+  }
+  TORCH_CHECK(batches.batch_size > 0, "batch_size must be positive");
 }
 
 }  // namespace torchcf

@@ -19,67 +19,51 @@
 
 using namespace torchcf;
 
+// The model's shape: rows of users then items, `dim` columns; GMF's head or MF's all-ones one.
+struct DotShape {
+  int64_t num_users, num_rows, dim;
+  bool has_head;
+};
+
 namespace {
+
 constexpr int64_t kBlock = 2048;  // samples per block of the forward pass
-}  // namespace
 
-// `exp_avg_sqrt` holds sqrt(exp_avg_sq) (torchcf.steps.NativeDotProductAdamStep converts).
-// The samples, in training order, are users[order[k]], items[order[k]], labels[order[k]] for
-// k = 0 .. order.numel() - 1; each one's logit (before its batch's update) goes to
-// logits[order[k]] (unless logits is empty). So an epoch is shuffled by passing a permutation,
-// without gathering copies. Returns the summed BCE loss of the samples (before their updates).
-double dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor exp_avg,
-                      torch::Tensor exp_avg_sqrt, torch::Tensor steps, torch::Tensor users,
-                      torch::Tensor items, torch::Tensor labels, torch::Tensor order,
-                      torch::Tensor logits, int64_t num_users, int64_t num_rows, int64_t dim,
-                      bool has_head, int64_t batch_size, double lr, double beta1, double beta2,
-                      double eps, double weight_decay) {
-  for (const auto* t : {&flat, &grad, &exp_avg, &exp_avg_sqrt, &logits}) {
-    check(*t, torch::kFloat32, "a parameter, moment or logit buffer");
+// One run of batches through MF/GMF: the buffers and the step's parts.
+class DotRun {
+ public:
+  DotRun(const Buffers& b, const DotShape& shape)
+      : shape_(shape), table_numel_(shape.num_rows * shape.dim) {
+    TORCH_CHECK(b.flat.numel() == table_numel_ + (shape.has_head ? shape.dim + 1 : 0),
+                "flat buffer size mismatch");
+    P_ = b.flat.data_ptr<float>();
+    G_ = b.grad.data_ptr<float>();
+    M_ = b.exp_avg.data_ptr<float>();
+    S_ = b.exp_avg_sqrt.data_ptr<float>();
+    h_ = shape.has_head ? P_ + table_numel_ : nullptr;
+    touched_.assign(shape.num_rows, 0);
   }
-  const int64_t total = order.numel();
-  const int64_t numel = flat.numel();
-  const int64_t table_numel = num_rows * dim;
-  TORCH_CHECK(numel == table_numel + (has_head ? dim + 1 : 0), "flat buffer size mismatch");
-  TORCH_CHECK(batch_size > 0, "batch_size must be positive");
-  // user rows index the table directly; item rows follow them (su, si: row numbers)
-  const Samples samples =
-      gather_samples(users, items, labels, order, logits, num_users, num_rows - num_users);
-  const std::vector<int64_t>& su = samples.user;
-  const std::vector<int64_t>& si = samples.item;
-  const std::vector<float>& sy = samples.label;
 
-  float* P = flat.data_ptr<float>();
-  float* G = grad.data_ptr<float>();
-  float* M = exp_avg.data_ptr<float>();
-  float* S = exp_avg_sqrt.data_ptr<float>();
-  const float* h = has_head ? P + table_numel : nullptr;
-  float* head_grad = has_head ? G + table_numel : nullptr;
-  std::vector<float> sz(total), sg(total), partial;
-  std::vector<double> block_loss;
-  double loss_sum = 0.0;
-
-  double step = steps.item<double>();
-  std::vector<uint8_t> touched(num_rows, 0);
-  TORCHCF_FLUSH_DENORMALS();
-  for (int64_t start = 0; start < total; start += batch_size) {
-    const int64_t n = std::min(batch_size, total - start);
-    // forward, the per-sample gradient scale, the loss and the head's gradient, in fixed
-    // blocks of samples (in parallel when the batch is large); the blocks' partial sums are
-    // added in block order, so results do not depend on the number of threads
+  // forward, the per-sample gradient scale, the loss and the head's gradient, in fixed
+  // blocks of samples (in parallel when the batch is large); the blocks' partial sums are
+  // added in block order, so results do not depend on the number of threads
+  void forward(const Samples& s, int64_t start, int64_t n, float* sz, float* sg, double& loss) {
+    const int64_t dim = shape_.dim;
+    const bool has_head = shape_.has_head;
+    const float* h = h_;
     const float inv_n = 1.0f / static_cast<float>(n);
     const int64_t blocks = (n + kBlock - 1) / kBlock;
-    partial.assign(blocks * (dim + 1), 0.0f);
-    block_loss.assign(blocks, 0.0);
+    partial_.assign(blocks * (dim + 1), 0.0f);
+    block_loss_.assign(blocks, 0.0);
     at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
       for (int64_t block = block_begin; block < block_end; ++block) {
-        float* gh = partial.data() + block * (dim + 1);
-        double loss = 0.0;
+        float* gh = partial_.data() + block * (dim + 1);
+        double block_loss = 0.0;
         const int64_t first = start + block * kBlock;
         const int64_t last = std::min(first + kBlock, start + n);
         for (int64_t k = first; k < last; ++k) {
-          const float* pu = P + su[k] * dim;
-          const float* qi = P + si[k] * dim;
+          const float* pu = P_ + s.user[k] * dim;
+          const float* qi = P_ + s.item[k] * dim;
           float z = has_head ? h[dim] : 0.0f;
           if (has_head) {
 #pragma omp simd reduction(+ : z)
@@ -90,8 +74,8 @@ double dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor ex
           }
           sz[k] = z;
           float sigmoid;
-          loss += bce(z, sy[k], &sigmoid);
-          const float g = (sigmoid - sy[k]) * inv_n;
+          block_loss += bce(z, s.label[k], &sigmoid);
+          const float g = (sigmoid - s.label[k]) * inv_n;
           sg[k] = g;
           if (has_head) {
 #pragma omp simd
@@ -99,29 +83,36 @@ double dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor ex
             gh[dim] += g;
           }
         }
-        block_loss[block] = loss;
+        block_loss_[block] = block_loss;
       }
     });
+    float* head_grad = has_head ? G_ + table_numel_ : nullptr;
     for (int64_t block = 0; block < blocks; ++block) {
-      loss_sum += block_loss[block];
+      loss += block_loss_[block];
       if (has_head) {
-        const float* gh = partial.data() + block * (dim + 1);
+        const float* gh = partial_.data() + block * (dim + 1);
         for (int64_t d = 0; d <= dim; ++d) head_grad[d] += gh[d];
       }
     }
-    // gradients: each row's sum over its samples (rows split between threads, no two threads
-    // write one row; samples are visited in batch order, so sums do not depend on the threads)
+  }
+
+  // gradients: each row's sum over its samples (rows split between threads, no two threads
+  // write one row; samples are visited in batch order, so sums do not depend on the threads)
+  void row_gradients(const Samples& s, int64_t start, int64_t n, const float* sg) {
+    const int64_t dim = shape_.dim, num_rows = shape_.num_rows;
+    const bool has_head = shape_.has_head;
+    const float* h = h_;
     const int64_t parts = n >= 2048 ? at::get_num_threads() : 1;
     at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
       for (int64_t part = part_begin; part < part_end; ++part) {
         const int64_t lo = num_rows * part / parts, hi = num_rows * (part + 1) / parts;
         for (int64_t k = start; k < start + n; ++k) {
-          const int64_t u = su[k], i = si[k];
+          const int64_t u = s.user[k], i = s.item[k];
           // row's gradient += g (w * other row), w = h or 1
           const auto add = [&](int64_t row, int64_t other) {
             if (row < lo || row >= hi) return;
-            float* gr = G + row * dim;
-            const float* q = P + other * dim;
+            float* gr = G_ + row * dim;
+            const float* q = P_ + other * dim;
             const float g = sg[k];
             if (has_head) {
 #pragma omp simd
@@ -130,33 +121,74 @@ double dot_adam_batches(torch::Tensor flat, torch::Tensor grad, torch::Tensor ex
 #pragma omp simd
               for (int64_t d = 0; d < dim; ++d) gr[d] += g * q[d];
             }
-            touched[row] = 1;
+            touched_[row] = 1;
           };
           add(u, i);
           add(i, u);
         }
       }
     });
-    step += 1.0;
-    const AdamCoefficients c = adam_coefficients(step, lr, beta1, beta2, eps, weight_decay);
+  }
+
+  // every parameter takes one Adam step; rows no sample touched the zero-gradient form
+  void adam(double step, const AdamSettings& a) {
+    const AdamCoefficients c = adam_coefficients(step, a);
+    const int64_t dim = shape_.dim;
     // with weight decay every gradient is non-zero: every row takes the full step
-    const bool decay_only_ok = weight_decay == 0.0;
-    at::parallel_for(0, num_rows, 256, [&](int64_t begin, int64_t end) {
+    const bool decay_only_ok = a.weight_decay == 0.0;
+    at::parallel_for(0, shape_.num_rows, 256, [&](int64_t begin, int64_t end) {
       TORCHCF_FLUSH_DENORMALS();  // moments of rarely seen rows decay into denormals
       for (int64_t row = begin; row < end; ++row) {
         const int64_t o = row * dim;
-        if (touched[row] || !decay_only_ok) {
-          adam_full(P + o, G + o, M + o, S + o, dim, c);
-          touched[row] = 0;
+        if (touched_[row] || !decay_only_ok) {
+          adam_full(P_ + o, G_ + o, M_ + o, S_ + o, dim, c);
+          touched_[row] = 0;
         } else {
-          adam_decay(P + o, M + o, S + o, dim, c);
+          adam_decay(P_ + o, M_ + o, S_ + o, dim, c);
         }
       }
     });
-    if (has_head) adam_full(P + table_numel, G + table_numel, M + table_numel,
-                            S + table_numel, dim + 1, c);
+    const int64_t t = table_numel_;
+    if (shape_.has_head) adam_full(P_ + t, G_ + t, M_ + t, S_ + t, dim + 1, c);
   }
-  scatter_logits(logits, order, sz);
-  steps.fill_(step);
+
+ private:
+  const DotShape& shape_;
+  const int64_t table_numel_;
+  float *P_ = nullptr, *G_ = nullptr, *M_ = nullptr, *S_ = nullptr;
+  const float* h_ = nullptr;
+  std::vector<uint8_t> touched_;
+  std::vector<float> partial_;
+  std::vector<double> block_loss_;
+};
+
+}  // namespace
+
+// `exp_avg_sqrt` holds sqrt(exp_avg_sq) (torchcf.training.steps.NativeDotProductAdamStep
+// converts). The samples, in training order, are users[order[k]], items[order[k]],
+// labels[order[k]] for k = 0 .. order.numel() - 1; each one's logit (before its batch's update)
+// goes to logits[order[k]] (unless logits is empty). So an epoch is shuffled by passing a
+// permutation, without gathering copies. Returns the summed BCE loss of the samples (before
+// their updates).
+double dot_adam_batches(const Buffers& buffers, const Batches& batches, const DotShape& shape,
+                        const AdamSettings& adam) {
+  check_buffers(buffers, batches);
+  // user rows index the table directly; item rows follow them
+  const Samples samples = gather_samples(batches, shape.num_users, shape.num_rows - shape.num_users);
+  const int64_t total = batches.order.numel(), batch_size = batches.batch_size;
+  DotRun run(buffers, shape);
+  std::vector<float> sz(total), sg(total);
+  double loss_sum = 0.0, step = buffers.steps.item<double>();
+  TORCHCF_FLUSH_DENORMALS();
+  for (int64_t start = 0; start < total; start += batch_size) {
+    const int64_t n = std::min(batch_size, total - start);
+    run.forward(samples, start, n, sz.data(), sg.data(), loss_sum);
+    run.row_gradients(samples, start, n, sg.data());
+    step += 1.0;
+    run.adam(step, adam);
+  }
+  torch::Tensor logits = batches.logits;
+  scatter_logits(logits, batches.order, sz);
+  buffers.steps.fill_(step);
   return loss_sum;
 }
