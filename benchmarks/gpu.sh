@@ -9,8 +9,12 @@
 # (--system-site-packages), else with pip's default (CUDA) torch wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/ml-1m/ncf}
-shift || true
+# the first argument is the data unless it is a flag (bash benchmarks/gpu.sh --amp)
+DATA=../shared/data/ml-1m/ncf
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  DATA=$1
+  shift
+fi
 has_cuda() { "$1" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
 if ! { [ -x .venv-gpu/bin/python ] && has_cuda .venv-gpu/bin/python; }; then
   if ! command -v nvidia-smi >/dev/null; then

@@ -123,6 +123,50 @@ def test_train_baselines_end_to_end(tiny, tmp_path, model):
     assert recommended.returncode == 0 and len(json.loads(recommended.stdout)["items"]) == 3
 
 
+def test_runs_written_before_per_model_configs_still_evaluate(tiny, tmp_path):
+    """A run directory whose config.json has the old flat ``train`` dict (every setting of every
+    model, ``model`` among them) is read as today's parts; evaluate gives its metrics."""
+    out = tmp_path / "run"
+    assert run_cli("train", "--data", str(tiny), "--out", str(out), *FAST).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    flat = {**config["train"], **config["model_config"], **config["split"], "model": "gmf"}
+    flat.update(l2=None, dropout=0.0, layers=3, solver="exact", neighbours=100)  # others' keys
+    legacy = {k: v for k, v in config.items() if k not in ("model", "model_config", "split")}
+    (out / "config.json").write_text(json.dumps({**legacy, "train": flat}))
+    result = run_cli("evaluate", str(out), "--json", "--protocol", "sampled")
+    assert result.returncode == 0, result.stderr
+    selected = json.loads((out / "metrics.json").read_text())["selected"]["test"]
+    assert json.loads(result.stdout)["sampled"]["test"]["hr@10"] == pytest.approx(selected["hr@10"])
+
+
+def test_runs_travel_between_directories_and_path_spellings(tiny, tmp_path):
+    """A run records where its data is (absolute) and what its split is (a fingerprint):
+    evaluate works from anywhere, and two runs on the same files blend however the paths were
+    spelled."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").mkdir()
+    (work / "data" / "ratings.dat").write_text((tiny / "ratings.dat").read_text())
+    relative = run_cli(
+        "train", "--data", "data/ratings.dat", "--out", "a", "--model", "ials", "--factors", "4",
+        "--epochs", "2", "--eval-negatives", "5", "--no-progress", cwd=work,
+    )  # fmt: skip
+    assert relative.returncode == 0, relative.stderr
+    absolute = run_cli(
+        "train", "--data", str(work / "data" / "ratings.dat"), "--out", str(work / "b"),
+        "--model", "ease", "--eval-negatives", "5", "--no-progress",
+    )  # fmt: skip
+    assert absolute.returncode == 0, absolute.stderr
+    config = json.loads((work / "a" / "config.json").read_text())
+    assert Path(config["data"]["path"]).is_absolute() and len(config["fingerprint"]) == 64
+    elsewhere = run_cli("evaluate", str(work / "a"), "--json", cwd=tmp_path)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    blended = run_cli(
+        "blend", str(work / "a"), str(work / "b"), "--out", str(work / "blend"), "--no-progress"
+    )
+    assert blended.returncode == 0, blended.stderr
+
+
 def test_evaluate_refuses_a_run_whose_data_changed(tiny, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -133,6 +177,7 @@ def test_evaluate_refuses_a_run_whose_data_changed(tiny, tmp_path):
         handle.write("99::1::5::978300999\n99::2::5::978301000\n99::3::5::978301001\n")
     result = run_cli("evaluate", str(out))
     assert result.returncode == 2 and "changed since training" in result.stderr
+    assert "ratings.dat has other content now" in result.stderr  # says which file
     missing = run_cli("evaluate", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
 
@@ -151,8 +196,9 @@ def test_python_dash_m_and_ncf_dir_select_by_test(tmp_path):
     (ncf / "t.test.negative").write_text("".join(f"({u},{i})\t10\t11\t10\n" for u, i in tests))
     out = tmp_path / "run"
     result = run_cli(
-        "train", "--data", str(ncf), "--model", "mf", "--out", str(out), "--no-validation", *FAST
-    )
+        "train", "--data", str(ncf), "--model", "mf", "--out", str(out), "--no-validation",
+        "--allow-cold-items", *FAST,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["selected"]["by"] == "test"
@@ -196,6 +242,52 @@ def test_resume_continues_a_run(tiny, tmp_path):
     )
 
 
+def test_a_run_killed_mid_training_resumes_to_the_same_result(tiny, tmp_path):
+    """SIGKILL a training process once it has checkpointed, then ``--resume``: the metrics of
+    every epoch and the saved weights equal an uninterrupted run's."""
+    import signal
+    import time
+
+    import torch
+
+    args = ["--data", str(tiny), "--model", "mlp", "--factors", "4", "--layers", "2"]
+    args += ["--epochs", "150", "--batch-size", "16", "--eval-negatives", "5", "--no-progress"]
+    straight = run_cli("train", *args, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torchcf", "train", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() or len(_epochs(out)) < 3:
+        assert process.poll() is None, "finished before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (out / "metrics.json").exists()  # it did not finish
+    resumed = run_cli("train", *args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after epoch" in resumed.stdout
+    assert _epochs(out) == _epochs(tmp_path / "straight")
+    for name in ("straight", "killed"):
+        assert not list((tmp_path / name).glob(".*.tmp"))  # nothing half-written
+    weights = [torch.load(tmp_path / n / "model" / "weights.pt") for n in ("straight", "killed")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _epochs(run: Path) -> list[tuple[str, ...]]:
+    """metrics.csv's rows without the timings."""
+    if not (run / "metrics.csv").exists():
+        return []
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [tuple(v for k, v in row.items() if not k.endswith("seconds")) for row in rows]
+
+
 def _assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     err = result.stderr.strip()
@@ -220,7 +312,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         (("--data", str(tmp_path / "missing.csv")), "file not found"),
         (("--dataset", "ml-2m"), "unknown dataset 'ml-2m'"),
         (("--data", str(single)), "user 2 has a single interaction"),
-        (("--data", str(single), "--epochs", "0"), "epochs must be positive"),
+        (("--data", str(single), "--epochs", "0"), "epochs must be in [1, 100000]"),
         (("--data", str(single), "--epochs", "x"), "invalid int value"),
         (("--data", str(single), "--device", "cuda:7"), "device"),
         (("--data", str(single), "--no-validation", "--select", "validation"), "validation"),
@@ -228,6 +320,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         (("--data", str(single), "--model", "gmf", "--l2", "5"), "gmf does not take l2"),
         (("--data", str(single), "--lr", "nan"), "learning_rate must be finite"),
         (("--data", str(single), "--model", "mlp", "--fast"), "fast recipe exists for"),
+        # refused before the two pretraining runs (it used to train both first)
+        (("--data", str(single), "--model", "neumf", "--pretrain", "--alpha", "2"), "--alpha"),
+        (("--data", str(single), "--threads", "99999"), "--threads must be in"),
     ]
     for args, fragment in cases:
         _assert_one_line_error(run_cli("train", *args, "--out", out, "--no-progress"), fragment)
@@ -311,7 +406,7 @@ def test_train_flags_are_exactly_the_settings_of_the_configs():
     others = {"help", "model", "fast", "pretrain", "pretrain_gmf", "pretrain_mlp", "alpha", "out"}
     others |= {"resume", "overwrite", "threads", "no_progress", "dataset", "data", "data_dir"}
     others |= {"no_download", "user_col", "item_col", "rating_col", "time_col", "sep"}
-    others |= {"min_rating", "min_user_interactions"}
+    others |= {"min_rating", "min_user_interactions", "allow_cold_items"}
     assert dests - others == settings
     help_text = train.format_help()
     for name in settings:

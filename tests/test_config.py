@@ -37,7 +37,7 @@ def test_settings_are_validated_with_the_field_named():
         SplitConfig(validation="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="dropout must be in"):
         recipe("mlp", {"dropout": 1.0})
-    with pytest.raises(ConfigError, match="l2 must be positive"):
+    with pytest.raises(ConfigError, match=r"ease: l2 must be in \(0, "):
         recipe("ease", {"l2": 0.0})
     assert TrainConfig(learning_rate=1).learning_rate == 1.0  # JSON's 1 for 1.0
 
@@ -88,3 +88,27 @@ def test_recipes_round_trip_through_json(name):
 def test_selecting_by_validation_needs_the_validation_holdout():
     with pytest.raises(ConfigError, match="validation"):
         recipe("gmf", {"select_by": "validation", "validation": False})
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"epochs": 10**30}, "epochs must be in [1, 100000]"),
+        ({"seed": -1}, "seed must be in [0,"),
+        ({"seed": 2**70}, "seed must be in [0,"),
+        ({"embedding_dim": 10**9}, "embedding_dim must be in"),
+        ({"num_negatives": 10**12}, "num_negatives must be in"),
+        ({"eval_negatives": -5}, "eval_negatives must be in"),
+        ({"k": 0}, "k must be in"),
+        ({"weight_decay": -1e30}, "weight_decay must be in [0, 1000000.0]"),
+        ({"weight_decay": 1e20}, "weight_decay must be in"),
+        ({"learning_rate": 1e20}, "learning_rate must be in (0, 1000.0]"),
+        ({"learning_rate": float("nan")}, "learning_rate must be finite"),
+        ({"beta2": float("inf")}, "beta2 must be finite"),
+        ({"layers": 10**6}, "layers must be in"),
+    ],
+)
+def test_huge_and_non_finite_settings_are_refused(settings, fragment):
+    with pytest.raises(ConfigError) as error:
+        recipe("mlp", settings)
+    assert fragment in str(error.value)

@@ -51,7 +51,9 @@ def test_ncf_directory(tmp_path):
     (tmp_path / "toy.test.rating").write_text("0\t2\t4\t978300000\n1\t1\t5\t978300001\n")
     (tmp_path / "toy.test.negative").write_text("(0,2)\t3\t4\n(1,1)\t3\t1\n")
     files = find_ncf_files(tmp_path)
-    ncf = load_ncf_files(files)
+    with pytest.raises(DataError, match=r"toy.test.negative: line 1: item 3 is not an item of"):
+        load_ncf_files(files)  # items 3 and 4 appear in no training line
+    ncf = load_ncf_files(files, allow_cold_items=True)
     assert ncf.train.num_users == 2 and ncf.train.num_items == 5
     assert ncf.test_items.tolist() == [2, 1]
     assert [n.tolist() for n in ncf.test_negatives] == [[3, 4], [3, 1]]
@@ -62,7 +64,7 @@ def test_ncf_train_with_timestamps(tmp_path):
     (tmp_path / "x.train.rating").write_text("0\t0\t5\t10\n0\t1\t3\t20\n")
     (tmp_path / "x.test.rating").write_text("0\t2\t4\t30\n")
     (tmp_path / "x.test.negative").write_text("(0,2)\t3\n")
-    ncf = load_ncf_files(find_ncf_files(tmp_path))
+    ncf = load_ncf_files(find_ncf_files(tmp_path), allow_cold_items=True)
     assert ncf.train.timestamps.tolist() == [10, 20]
 
 
@@ -80,6 +82,35 @@ def test_ncf_bad_negative_line(tmp_path):
     (tmp_path / "x.test.negative").write_text("0,2\t1\n")
     with pytest.raises(DataError, match=r"x.test.negative: line 1"):
         load_ncf_files(find_ncf_files(tmp_path))
+
+
+def _ncf(path, train: str, test: str, negative: str):
+    (path / "s.train.rating").write_text(train)
+    (path / "s.test.rating").write_text(test)
+    (path / "s.test.negative").write_text(negative)
+    return find_ncf_files(path)
+
+
+def test_ncf_items_outside_the_training_catalogue_are_named(tmp_path):
+    train = "".join(f"{u}\t{i}\t5\n" for u in range(3) for i in range(4) if i != u)
+    files = _ncf(tmp_path, train, "0\t0\t5\t1\n1\t1\t5\t1\n", "(0,0)\t2\t3\n(1,1)\t999999\n")
+    with pytest.raises(DataError) as error:
+        load_ncf_files(files)
+    assert "s.test.negative: line 2: item 999999" in str(error.value)
+    assert "0..3" in str(error.value) and "--allow-cold-items" in str(error.value)
+    assert load_ncf_files(files, allow_cold_items=True).train.num_items == 1_000_000
+    cold_test = _ncf(tmp_path, train, "0\t0\t5\t1\n1\t7\t5\t1\n", "(0,0)\t2\n(1,7)\t3\n")
+    with pytest.raises(DataError, match=r"s.test.rating: line 2: item 7"):
+        load_ncf_files(cold_test)
+
+
+def test_ncf_test_pairs_in_the_training_file_are_a_leak(tmp_path):
+    train = "0\t0\t5\n0\t1\t5\n1\t1\t5\n1\t2\t5\n"
+    files = _ncf(tmp_path, train, "0\t2\t5\t1\n1\t2\t5\t1\n", "(0,2)\t0\n(1,2)\t0\n")
+    with pytest.raises(DataError) as error:
+        load_ncf_files(files)
+    assert "1 test pairs are also in s.train.rating" in str(error.value)
+    assert "line 2, user 1, item 2" in str(error.value) and "leaks" in str(error.value)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])

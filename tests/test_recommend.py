@@ -218,7 +218,8 @@ def test_ncf_split_items_get_titles_through_the_item_map(tmp_path):
         "".join(f"{m}::Film {m} (1999)::Drama\n" for m in movie_of.values())
     )
     config = recipe("gmf", {"embedding_dim": 4, "epochs": 1, "eval_negatives": 2})
-    run_training(DataSpec(path=str(ncf)), config, tmp_path / "run", progress=False, echo=print)
+    spec = DataSpec(path=str(ncf), allow_cold_items=True)  # negatives 9, 10: never trained on
+    run_training(spec, config, tmp_path / "run", progress=False, echo=print)
     rec = Recommender.load(tmp_path / "run")
     ids, scores = rec.recommend(0, k=3)
     for row in rec.rows(ids, scores):

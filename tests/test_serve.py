@@ -211,3 +211,56 @@ def test_real_server_over_http(run, rec):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+HUGE = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("get", "/recommend", {"params": {"user": HUGE}}, 404),  # was a 500 (OverflowError)
+        ("get", "/similar", {"params": {"item": HUGE}}, 404),
+        ("get", "/recommend", {"params": {"user": "-" + HUGE}}, 404),
+        ("get", "/recommend", {"params": {"user": "1e400"}}, 404),
+        ("post", "/recommend", {"json": {"users": [10**30]}}, 404),
+        ("post", "/recommend", {"json": {"items": [2**64]}}, 404),
+        # NaN in a JSON body: the validation error itself could not be serialised (a 500)
+        ("post", "/recommend", {"content": '{"users": [0], "k": NaN}'}, 422),
+        ("post", "/recommend", {"content": '{"users": [1], "k": Infinity}'}, 422),
+        ("post", "/recommend", {"content": '{"users": [NaN]}'}, 422),
+        ("post", "/recommend", {"content": "[" * 900 + "]" * 900}, 422),
+        ("post", "/recommend", {"content": "not json"}, 422),
+        ("post", "/recommend", {"content": b"\xff\xfe\x00"}, 422),
+        ("post", "/recommend", {"data": {"users": "1"}}, 422),  # a form, not JSON
+    ],
+)
+def test_hostile_input_regressions(client, method, path, kwargs, status):
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    assert "detail" in response.json()
+
+
+def test_deep_nesting_and_chunked_bodies_are_refused_not_crashed(rec):
+    app = TestClient(create_app(rec, max_body_bytes=1_000_000))
+    deep = app.post(
+        "/recommend",
+        content=b"[" * 200_000 + b"]" * 200_000,
+        headers={"content-type": "application/json"},
+    )
+    assert 400 <= deep.status_code < 500 and "detail" in deep.json()
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(100):
+            yield b" " * 20_000
+
+    chunked = app.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "bytes" in chunked.json()["detail"]
+    assert app.get("/health").status_code == 200  # and it still answers
+
+
+def test_cli_huge_ids_are_one_line_errors(run):
+    for args in (["recommend", str(run), "--user", HUGE], ["similar", str(run), "--item", HUGE]):
+        result = run_cli(*args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "unknown" in result.stderr and "Traceback" not in result.stderr

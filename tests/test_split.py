@@ -132,3 +132,20 @@ def test_real_ncf_split_if_present():
     # exactly the 156 documented users lose their own test item from the candidates
     assert ((split.test.negatives >= 0).sum(axis=1) == 98).sum() == 156
     assert "156 users" in split.protocol["notes"][0]
+
+
+def test_more_candidates_than_items_are_clamped_with_a_note():
+    data = Interactions(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 1, 2, 1, 2, 3]), 2, 6)
+    split = leave_one_out(data, num_negatives=5000, validation=False, seed=0)
+    assert split.protocol["eval_negatives"] == 5
+    assert any(
+        "eval_negatives 5000 exceeds the 5 other items" in n for n in split.protocol["notes"]
+    )
+    assert split.test.negatives.shape == (2, 5)
+
+
+def test_ncf_test_users_without_training_are_counted():
+    train = Interactions(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 2]), 3, 5)
+    ncf = NcfData(train, np.array([0, 2]), np.array([2, 3]), [np.array([4]), np.array([4])])
+    split = ncf_split(ncf, num_negatives=2, validation=False)
+    assert any("1 test users have no training interaction" in n for n in split.protocol["notes"])

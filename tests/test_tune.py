@@ -59,3 +59,23 @@ def test_tune_command(spec, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "best trial" in result.stdout and "torchcf train --model ease --l2" in result.stdout
+
+
+def test_the_reported_value_is_the_validation_metric_of_the_trial(spec, tmp_path):
+    """Tune's best value, checked independently: the best trial's settings trained again, the
+    selected epoch's weights evaluated on the validation holdout by the evaluation module."""
+    from torchcf.data.sources import load_split
+    from torchcf.evaluation.protocols import evaluate_sampled
+    from torchcf.models.registry import build_model
+    from torchcf.training.config import recipe
+    from torchcf.training.trainer import Trainer
+
+    best = run_tune(spec, "gmf", FIXED, 2, tmp_path / "s", echo=lambda _: None)["best"]
+    config = recipe("gmf", {**FIXED, **best["params"], "select_by": "validation"})
+    split, _ = load_split(spec, config.split, progress=False)
+    model = build_model("gmf", split.num_users, split.num_items, seed=0, config=config.model_config)
+    fit = Trainer(model, split, config.train).fit()
+    model.load_state_dict(fit.state)
+    again = evaluate_sampled(model, split.validation, config.split.k)
+    assert again.ndcg == pytest.approx(best["value"], abs=1e-12)
+    assert fit.selected.epoch == best["epoch"]

@@ -17,8 +17,10 @@ from torchcf.errors import ConfigError
 
 __all__ = [
     "Settings",
+    "above",
     "at_least",
     "below_one",
+    "between",
     "non_negative",
     "one_of",
     "positive",
@@ -57,6 +59,24 @@ def non_negative(value: Any) -> str | None:
 def at_least(low: float) -> Check:
     def check(value: Any) -> str | None:
         return None if value >= low else f"must be at least {low}, got {value}"
+
+    return check
+
+
+def between(low: float, high: float) -> Check:
+    """``[low, high]``: a count with a sane ceiling (a huge value is a typo, not a plan)."""
+
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be in [{low}, {high}], got {value}"
+
+    return check
+
+
+def above(low: float, high: float) -> Check:
+    """``(low, high]``: a positive quantity with a sane ceiling."""
+
+    def check(value: Any) -> str | None:
+        return None if low < value <= high else f"must be in ({low}, {high}], got {value}"
 
     return check
 

@@ -20,8 +20,8 @@ class Parser(argparse.ArgumentParser):
 def setup_torch(args: argparse.Namespace) -> None:
     import torch
 
-    if args.threads < 0:
-        raise TorchcfError("--threads must be non-negative")
+    if not 0 <= args.threads <= 4096:
+        raise TorchcfError(f"--threads must be in [0, 4096], got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # Adam's moments of rarely-seen rows decay into denormals

@@ -153,6 +153,11 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
         "--min-rating", type=float, help="count only ratings ≥ this as positive interactions"
     )
     group.add_argument(
+        "--allow-cold-items",
+        action="store_true",
+        help="NCF files: accept test items and negatives that the training file never names",
+    )
+    group.add_argument(
         "--min-user-interactions",
         type=int,
         default=0,

@@ -63,18 +63,23 @@ def _tame_malloc() -> None:
         return
 
 
+def _printable(message: str) -> str:
+    """``message`` on one line: control characters (from ids, paths) escaped, not printed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _tame_malloc()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except TorchcfError as exc:
-        print(f"torchcf: error: {exc}", file=sys.stderr)
+        print(f"torchcf: error: {_printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("torchcf: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # unwritable output directory, full disk, ...
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"torchcf: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"torchcf: error: {_printable(f'{exc.strerror or exc}{where}')}", file=sys.stderr)
         return 2

@@ -60,20 +60,21 @@ class IdMap:
         return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
 
     def to_index(self, ids: Any, strict: bool = True, what: str = "id") -> np.ndarray:
-        """Dense indices of ``ids``; if ``strict``, ``DataError`` names the first unknown one."""
-        arr = np.atleast_1d(np.asarray(ids))
+        """Dense indices of ``ids`` (``-1``: unknown); if ``strict``, ``UnknownIdError`` names
+        the first unknown one. An id that cannot be one of the map's (text that is no integer,
+        an integer beyond 64 bits) is unknown, never an error of another kind."""
+        given = np.atleast_1d(np.asarray(ids, dtype=object if _huge(ids) else None))
+        arr, valid = given, np.ones(len(given), dtype=bool)
         if arr.dtype.kind in "iu" and self._ids.dtype.kind in "OUS":
             arr = arr.astype(str)
-        elif arr.dtype.kind in "OUS" and self._ids.dtype.kind in "iu":
-            try:
-                arr = arr.astype(np.int64)
-            except (TypeError, ValueError):
-                if strict:
-                    raise UnknownIdError(what, arr[0].tolist()) from None
-                return np.full(len(arr), -1, dtype=np.int64)
+        elif arr.dtype.kind in "OUSf" and self._ids.dtype.kind in "iu":
+            arr, valid = _as_int64(arr)
         idx = self._index.get_indexer(arr).astype(np.int64)
+        idx[~valid] = -1
         if strict and (idx < 0).any():
-            raise UnknownIdError(what, arr[np.argmax(idx < 0)].tolist())
+            at = int(np.argmax(idx < 0))
+            first = arr[at] if valid[at] else given[at]  # as the map would spell it, if it can
+            raise UnknownIdError(what, first.tolist() if hasattr(first, "tolist") else first)
         return idx
 
     def canonical(self, value: Any) -> Any:
@@ -100,7 +101,35 @@ class IdMap:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
-def _as_int64(name: str, values: Any) -> np.ndarray:
+def _huge(ids: Any) -> bool:
+    """Are there Python ints beyond 64 bits among ``ids`` (NumPy refuses them as int64)?"""
+    values = ids if isinstance(ids, list | tuple) else [ids]
+    return any(isinstance(v, int) and not -(2**63) <= v < 2**63 for v in values)
+
+
+def _as_int64(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``arr``'s entries as int64 ids, and which of them are integers that fit (the others,
+    0 here, are unknown ids). Element by element only when the whole-array cast fails."""
+    try:
+        with np.errstate(invalid="ignore"):  # NaN and infinities: unknown, checked below
+            out = arr.astype(np.int64)
+        if arr.dtype.kind != "f" or np.array_equal(out, arr):
+            return out, np.ones(len(arr), dtype=bool)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    out = np.zeros(len(arr), dtype=np.int64)
+    valid = np.zeros(len(arr), dtype=bool)
+    for j, value in enumerate(arr.tolist()):  # bad input only: a few ids at most
+        try:
+            number = int(value) if not isinstance(value, float) or value.is_integer() else None
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is not None and -(2**63) <= number < 2**63:
+            out[j], valid[j] = number, True
+    return out, valid
+
+
+def _ints(name: str, values: Any) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise DataError(f"{name} must be one-dimensional, got shape {arr.shape}")
@@ -139,8 +168,8 @@ class Interactions:
     item_map: IdMap | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        users = _as_int64("users", self.users)
-        items = _as_int64("items", self.items)
+        users = _ints("users", self.users)
+        items = _ints("items", self.items)
         if len(users) != len(items):
             raise DataError(f"users and items differ in length: {len(users)} vs {len(items)}")
         for name, extra in (("timestamps", self.timestamps), ("ratings", self.ratings)):

@@ -302,10 +302,13 @@ def find_ncf_files(directory: str | Path) -> NcfFiles | None:
     return files
 
 
-def _parse_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """``(user,item)\\tneg\\tneg…`` lines → users, items, list of negative arrays."""
+def _parse_ncf_negatives(
+    path: Path,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[int]]:
+    """``(user,item)\\tneg\\tneg…`` lines → users, items, list of negative arrays, and each
+    entry's line number."""
     _require_file(path)
-    users, items, negatives = [], [], []
+    users, items, negatives, lines = [], [], [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.strip()
@@ -324,9 +327,10 @@ def _parse_ncf_negatives(path: Path) -> tuple[np.ndarray, np.ndarray, list[np.nd
             users.append(user)
             items.append(item)
             negatives.append(negs)
+            lines.append(number)
     if not users:
         raise DataError(f"empty file: {path}")
-    return np.array(users, dtype=np.int64), np.array(items, dtype=np.int64), negatives
+    return np.array(users, dtype=np.int64), np.array(items, dtype=np.int64), negatives, lines
 
 
 @dataclass(frozen=True)
@@ -339,8 +343,47 @@ class NcfData:
     test_negatives: list[np.ndarray]
 
 
-def load_ncf_files(files: NcfFiles) -> NcfData:
-    """Read an NCF split; ids are already dense (user and item ids are used as indices)."""
+def _check_catalogue(
+    files: NcfFiles,
+    train_items: int,
+    test_items: np.ndarray,
+    negatives: list[np.ndarray],
+    lines: list[int],
+) -> None:
+    """``DataError`` naming the file, line and item when a test item or a given negative is not
+    an item of the training file (ids ``0 .. train_items - 1``): a typo or another split's file
+    would otherwise grow the catalogue silently."""
+    where = [(files.test, line, item) for line, item in enumerate(test_items.tolist(), 1)]
+    for line, negs in zip(lines, negatives, strict=True):
+        if len(negs) and negs.max() >= train_items:
+            where.append((files.negative, line, int(negs[negs >= train_items][0])))
+    outside = [(path, line, item) for path, line, item in where if item >= train_items]
+    if outside:
+        path, line, item = min(outside, key=lambda w: (str(w[0]) != str(files.test), w[1]))
+        raise DataError(
+            f"{path}: line {line}: item {item} is not an item of {files.train.name} (its items "
+            f"are 0..{train_items - 1}); --allow-cold-items keeps items never trained on"
+        )
+
+
+def _check_no_leak(
+    files: NcfFiles, train: Interactions, users: np.ndarray, items: np.ndarray
+) -> None:
+    """``DataError`` when test pairs are also training interactions (the split would leak)."""
+    inside = np.flatnonzero(train.contains(users, items))
+    if len(inside):
+        first = int(inside[0])
+        raise DataError(
+            f"{files.test}: {len(inside)} test pairs are also in {files.train.name} (first: line "
+            f"{first + 1}, user {users[first]}, item {items[first]}): the split leaks its test set"
+        )
+
+
+def load_ncf_files(files: NcfFiles, allow_cold_items: bool = False) -> NcfData:
+    """Read an NCF split; ids are already dense (user and item ids are used as indices).
+
+    Test items and given negatives must be items of the training file unless
+    ``allow_cold_items``; a test pair that is also a training interaction is an error."""
     train = _read_numeric_table(files.train, "\t", ["user", "item", "rating", "timestamp"], 2)
     test = _read_numeric_table(files.test, "\t", ["user", "item", "rating", "timestamp"], 2)
     for frame, path in ((train, files.train), (test, files.test)):
@@ -348,7 +391,7 @@ def load_ncf_files(files: NcfFiles) -> NcfData:
             frame[name] = _ids_column(frame, name, path)
             if (frame[name] < 0).any():
                 raise DataError(f"{path}: negative {name} id")
-    neg_users, neg_items, negatives = _parse_ncf_negatives(files.negative)
+    neg_users, neg_items, negatives, lines = _parse_ncf_negatives(files.negative)
     test_users = test["user"].to_numpy()
     test_items = test["item"].to_numpy()
     if len(np.unique(test_users)) != len(test_users):
@@ -362,6 +405,8 @@ def load_ncf_files(files: NcfFiles) -> NcfData:
     all_neg = np.concatenate(negatives) if negatives else np.zeros(0, np.int64)
     if len(all_neg) and all_neg.min() < 0:
         raise DataError(f"{files.negative}: negative item id")
+    if not allow_cold_items:
+        _check_catalogue(files, int(train["item"].max()) + 1, test_items, negatives, lines)
     num_users = int(max(train["user"].max(), test_users.max())) + 1
     num_items = int(max(train["item"].max(), test_items.max(), all_neg.max(initial=0))) + 1
     timestamps = train["timestamp"].to_numpy() if "timestamp" in train else None
@@ -376,6 +421,7 @@ def load_ncf_files(files: NcfFiles) -> NcfData:
         user_map=IdMap.identity(num_users),
         item_map=IdMap.identity(num_items),
     )
+    _check_no_leak(files, interactions, test_users, test_items)
     return NcfData(interactions, test_users, test_items, negatives)
 
 

@@ -3,7 +3,8 @@ and ``load_split``: read them and split them as a ``SplitConfig`` says."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from torchcf.data.loaders import find_ncf_files, load_ncf_files, load_path
 from torchcf.data.split import Split, SplitConfig, make_split
 from torchcf.errors import ConfigError
 
-__all__ = ["DataSpec", "load_split"]
+__all__ = ["DataSpec", "changed_files", "checksums", "load_split"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class DataSpec:
     min_rating: float | None = None
     min_user_interactions: int = 0
     download: bool = True
+    allow_cold_items: bool = False  # NCF files: test items and negatives never trained on
 
     def __post_init__(self) -> None:
         if (self.dataset is None) == (self.path is None):
@@ -46,6 +48,27 @@ class DataSpec:
         """The fields that are set (what a run records)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    def resolved(self) -> DataSpec:
+        """The same data with absolute paths: what a run records, so that it is found again
+        from any working directory."""
+
+        def absolute(value: str | None) -> str | None:
+            return None if value is None else str(Path(value).expanduser().resolve())
+
+        return replace(self, path=absolute(self.path), data_dir=absolute(self.data_dir))
+
+
+def checksums(paths: list[Path]) -> dict[str, str]:
+    """SHA-256 of each file, by absolute path: what a run records to tell a changed file."""
+    out = {}
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out[str(path.resolve())] = digest.hexdigest()
+    return out
+
 
 def load_split(
     spec: DataSpec, config: SplitConfig, progress: bool = True
@@ -60,6 +83,7 @@ def load_split(
         files = DATASETS[spec.dataset]
         ratings = directory / Path(files.ratings).name
         data = load_path(ratings, min_rating=spec.min_rating)
+        source["checksums"] = checksums([ratings])
         if files.titles:
             source["titles"] = str((directory / Path(files.titles).name).resolve())
     else:
@@ -72,8 +96,9 @@ def load_split(
                 raise ConfigError(
                     "--min-rating/--min-user-interactions do not apply to an NCF split"
                 )
-            split = make_split(load_ncf_files(ncf), config)
+            split = make_split(load_ncf_files(ncf, spec.allow_cold_items), config)
             source.update(format="ncf", files=[str(ncf.train), str(ncf.test), str(ncf.negative)])
+            source["checksums"] = checksums([ncf.train, ncf.test, ncf.negative])
             source.update(_ncf_titles(path))
             return split, source
         data = load_path(
@@ -85,6 +110,8 @@ def load_split(
             time_col=spec.time_col,
             sep=spec.sep,
         )
+        read = [path] if path.is_file() else [path / n for n in ("ratings.dat", "u.data")]
+        source["checksums"] = checksums([p for p in read if p.is_file()][:1])
         for name in ("movies.dat", "u.item"):
             candidate = (path if path.is_dir() else path.parent) / name
             if candidate.exists():
@@ -103,3 +130,13 @@ def _ncf_titles(directory: Path) -> dict[str, str]:
         if movies.exists() and id_map.exists():
             return {"titles": str(movies.resolve()), "title_ids": str(id_map.resolve())}
     return {}
+
+
+def changed_files(recorded: dict[str, str]) -> list[str]:
+    """The recorded files whose content is not what was recorded (or that are gone)."""
+    changed = []
+    for name, digest in recorded.items():
+        path = Path(name)
+        if not path.is_file() or checksums([path])[str(path.resolve())] != digest:
+            changed.append(name)
+    return changed

@@ -7,6 +7,7 @@ with every result so a number can always be traced to how it was measured.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,9 +18,20 @@ from torchcf.data.interactions import Interactions
 from torchcf.data.loaders import NcfData
 from torchcf.data.sampling import sample_unseen_candidates
 from torchcf.errors import DataError
-from torchcf.settings import Settings, non_negative, positive, setting
+from torchcf.settings import Settings, between, setting
 
-__all__ = ["Holdout", "Split", "SplitConfig", "leave_one_out", "make_split", "ncf_split"]
+__all__ = [
+    "SEED",
+    "Holdout",
+    "Split",
+    "SplitConfig",
+    "leave_one_out",
+    "make_split",
+    "ncf_split",
+]
+
+
+SEED = between(0, 2**63 - 1)  # what NumPy's and torch's generators take
 
 
 @dataclass(frozen=True)
@@ -29,14 +41,18 @@ class SplitConfig(Settings):
 
     owner: ClassVar[str] = "the split"
 
-    seed: int = setting(0, "random seed (initialisation, negatives, order; and the split)")
-    eval_negatives: int = setting(99, "sampled candidates per held-out item", check=non_negative)
+    seed: int = setting(
+        0, "random seed (initialisation, negatives, order; and the split)", check=SEED
+    )
+    eval_negatives: int = setting(
+        99, "sampled candidates per held-out item", check=between(0, 10_000_000)
+    )
     validation: bool = setting(
         True,
         "hold out each user's latest remaining item for validation (--no-validation: the "
         "seed's training set exactly)",
     )
-    k: int = setting(10, "cut-off of HR@k and NDCG@k", flag="-k", check=positive)
+    k: int = setting(10, "cut-off of HR@k and NDCG@k", flag="-k", check=between(1, 100_000))
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +120,21 @@ class Split:
     def num_items(self) -> int:
         return self.train.num_items
 
+    def fingerprint(self) -> str:
+        """The split's identity by content: a SHA-256 of the training pairs, the sizes and every
+        holdout's users, items and candidates. Two spellings of the same files give the same
+        fingerprint; a changed file gives another."""
+        digest = hashlib.sha256()
+        digest.update(np.array([self.num_users, self.num_items], dtype=np.int64).tobytes())
+        digest.update(self.train.deduplicate().pair_keys.astype(np.int64).tobytes())
+        for holdout in (self.test, self.validation):
+            if holdout is None:
+                digest.update(b"none")
+                continue
+            for part in (holdout.users, holdout.items, holdout.negatives):
+                digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
 
 def _order_within_users(data: Interactions, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """Row order sorted by user, then by time (latest last); the rule as words."""
@@ -167,6 +198,19 @@ def _add_validation(
     return train.subset(keep), validation, rule
 
 
+def _candidates(num_negatives: int, num_items: int, notes: list[str]) -> int:
+    """``num_negatives``, clamped to the items a user can have besides the held-out one (with a
+    note: a larger request ranks against every unseen item, which is what it then means)."""
+    most = max(num_items - 1, 0)
+    if num_negatives > most:
+        notes.append(
+            f"eval_negatives {num_negatives} exceeds the {most} other items: clamped to {most} "
+            "(every unseen item is a candidate)"
+        )
+        return most
+    return num_negatives
+
+
 def leave_one_out(
     data: Interactions,
     num_negatives: int = 99,
@@ -195,6 +239,8 @@ def leave_one_out(
             "leave-one-out needs "
             "at least 2 per user: drop them with --min-user-interactions 2"
         )
+    notes: list[str] = []
+    num_negatives = _candidates(num_negatives, data.num_items, notes)
     rng = np.random.default_rng(seed)
     held, keep, rule = _hold_out_last(data, rng, min_left=0)
     test = _holdout("test", data, data.users[held], data.items[held], num_negatives, rng)
@@ -214,7 +260,7 @@ def leave_one_out(
         "test_users": len(test),
         "validation_users": 0 if val_holdout is None else len(val_holdout),
         "train_interactions": len(train),
-        "notes": [],
+        "notes": notes,
     }
     return Split(train, test, val_holdout, protocol)
 
@@ -289,6 +335,14 @@ def ncf_split(
     )
     rng = np.random.default_rng(seed)
     val_holdout, val_rule = None, None
+    if validation:
+        num_negatives = _candidates(num_negatives, train.num_items, notes)
+    cold = int((train.user_counts()[users] == 0).sum())
+    if cold:
+        notes.append(
+            f"{cold} test users have no training interaction: they are evaluated with untrained "
+            "vectors (their item is ranked by the model's initial or average scores)"
+        )
     if validation:
         train, val_holdout, val_rule = _add_validation(train, known, num_negatives, rng)
     protocol = {

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from torchcf.errors import ConfigError
-from torchcf.settings import Settings, positive, setting
+from torchcf.settings import Settings, above, between, setting
 
 if TYPE_CHECKING:
     from torchcf.data.interactions import Interactions
@@ -46,12 +46,14 @@ class ModelConfig(Settings):
 
 def factors_setting(default: int) -> Any:
     """The ``embedding_dim`` setting (flag ``--factors``), shared by the embedding models."""
-    return setting(default, "embedding size (predictive factors)", flag="--factors", check=positive)
+    return setting(
+        default, "embedding size (predictive factors)", flag="--factors", check=between(1, 65_536)
+    )
 
 
 def init_std_setting(default: float) -> Any:
     """The ``init_std`` setting of models with N(0, std) embeddings."""
-    return setting(default, "std of the N(0, std) embedding initialisation", check=positive)
+    return setting(default, "std of the N(0, std) embedding initialisation", check=above(0, 1e3))
 
 
 class ScoringModel(nn.Module):

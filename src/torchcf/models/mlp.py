@@ -26,7 +26,7 @@ from torchcf.models.layers import (
     tower_layout,
     tower_output,
 )
-from torchcf.settings import at_least, below_one, setting
+from torchcf.settings import below_one, between, setting
 
 __all__ = ["MLP", "MLPConfig", "SPEC", "TOWER_SEARCH", "TowerConfig", "TowerModel"]
 
@@ -36,7 +36,7 @@ class TowerConfig(ModelConfig):
     """The settings of a model with an MLP tower (MLP, NeuMF)."""
 
     embedding_dim: int = factors_setting(32)
-    layers: int = setting(3, "MLP/NeuMF tower layers", check=at_least(1))
+    layers: int = setting(3, "MLP/NeuMF tower layers", check=between(1, 12))
     # without dropout the tower overfits after ~6-9 epochs; with 0.2 it keeps improving at the
     # paper's batch 256 (benchmarks/RESULTS.md, issue 3)
     dropout: float = setting(0.2, "MLP/NeuMF dropout after each tower layer", check=below_one)

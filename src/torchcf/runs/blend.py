@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from torchcf.data.sources import load_split
 from torchcf.data.split import Holdout
 from torchcf.errors import ConfigError
 from torchcf.evaluation.metrics import hit_rate, ndcg, positive_ranks
@@ -27,7 +26,7 @@ from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_k
 from torchcf.io import atomic_directory
 from torchcf.models.base import ScoringModel
 from torchcf.models.blend import Blend, standardise, weighted_sum
-from torchcf.runs.evaluate import check_split
+from torchcf.runs.evaluate import check_split, load_run_split
 from torchcf.runs.rundir import RunConfig, RunDir, metric_key, metrics_at, versions
 from torchcf.runs.train import format_full
 from torchcf.serving.persistence import LoadedModel, load_model, save_model
@@ -92,7 +91,11 @@ def _same_split(runs: Sequence[str | Path]) -> RunConfig:
     configs = [RunDir(run).read_config() for run in runs]
     first = configs[0]
     for run, config in zip(runs[1:], configs[1:], strict=True):
-        if config.data.to_dict() != first.data.to_dict() or config.split != first.split:
+        if config.fingerprint is not None and first.fingerprint is not None:
+            same = config.fingerprint == first.fingerprint and config.split.k == first.split.k
+        else:  # runs recorded before fingerprints: by their data and split settings
+            same = config.data.to_dict() == first.data.to_dict() and config.split == first.split
+        if not same:
             raise ConfigError(
                 f"{run} was trained on another split than {runs[0]} (its data, seed, "
                 "validation holdout or candidates differ)"
@@ -146,7 +149,8 @@ def blend_runs(
     loaded = [load_model(run) for run in runs]
     if any(run.model.name == Blend.name for run in loaded):
         raise ConfigError("a blend's runs must be trained models, not blends")
-    split, source = load_split(config.data, config.split, progress=progress)
+    split = load_run_split(runs[0], config, progress=progress)
+    source = config.source
     for run, model in zip(runs, loaded, strict=True):
         check_split(model, split, run)
     models = [run.model for run in loaded]
@@ -191,6 +195,7 @@ def blend_runs(
         blend={"runs": [str(r) for r in runs], "weights": list(weights), "metric": metric},
         command=command if command is not None else sys.argv,
         versions=versions(),
+        fingerprint=config.fingerprint,
     )
     _write(out, recorded, blend, split, summary)
     _report(summary, models, list(weights), k, echo)

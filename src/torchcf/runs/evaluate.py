@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torchcf.data.sources import load_split
+from torchcf.data.sources import changed_files, load_split
 from torchcf.data.split import Split
 from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_ks
@@ -21,10 +21,27 @@ def check_split(loaded: LoadedModel, split: Split, run: str | Path) -> None:
         raise DataError(f"the data of {run} changed since training: its split differs")
 
 
-def load_run_split(config: RunConfig, progress: bool = False) -> Split:
-    """The split a run was trained on, rebuilt from its recorded data and split settings."""
-    split, _ = load_split(config.data, config.split, progress=progress)
+def load_run_split(run: str | Path, config: RunConfig, progress: bool = False) -> Split:
+    """The split a run was trained on, rebuilt from its recorded data and split settings;
+    ``DataError`` saying which file changed when it is not the same split any more."""
+    try:
+        split, _ = load_split(config.data, config.split, progress=progress)
+    except DataError as exc:
+        changed = changed_files(config.source.get("checksums") or {})
+        if changed:
+            raise DataError(
+                f"the data of {run} changed since training: {_files(changed)}"
+            ) from None
+        raise exc
+    if config.fingerprint is not None and split.fingerprint() != config.fingerprint:
+        changed = changed_files(config.source.get("checksums") or {})
+        what = _files(changed) if changed else "its split differs"
+        raise DataError(f"the data of {run} changed since training: {what}")
     return split
+
+
+def _files(paths: list[str]) -> str:
+    return ", ".join(paths) + (" has" if len(paths) == 1 else " have") + " other content now"
 
 
 def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False) -> dict[str, Any]:
@@ -34,7 +51,7 @@ def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False
         raise ConfigError(f"protocol must be sampled, full or both, got {protocol!r}")
     config = RunDir(run).read_config()
     loaded = load_model(run)
-    split = load_run_split(config, progress)
+    split = load_run_split(run, config, progress)
     check_split(loaded, split, run)
     k = config.split.k
     out: dict[str, Any] = {"run": str(run), "model": loaded.model.name}

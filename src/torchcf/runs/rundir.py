@@ -76,6 +76,7 @@ class RunConfig:
     blend: dict[str, Any] | None = None
     command: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None  # the split's identity by content (Split.fingerprint)
 
     def to_dict(self) -> dict[str, Any]:
         recipe = self.recipe.to_dict() if self.recipe is not None else {"model": self.model}
@@ -88,6 +89,7 @@ class RunConfig:
             "blend": self.blend,
             "command": self.command,
             "versions": self.versions,
+            "fingerprint": self.fingerprint,
         }
 
     @classmethod
@@ -108,6 +110,7 @@ class RunConfig:
             blend=values.get("blend"),
             command=list(values.get("command") or []),
             versions=dict(values.get("versions") or {}),
+            fingerprint=values.get("fingerprint"),
         )
 
 
@@ -181,6 +184,9 @@ class RunDir:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         if resume and not self.checkpoint.exists():
             raise ConfigError(f"nothing to resume: {self.checkpoint} does not exist")
+        if resume:  # a killed writer's temporary files (never a run's file): cleared
+            for stale in self.path.glob(".*.tmp"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
     def is_finished(self, config: RunConfig) -> bool:
         """Does this directory hold a finished run of the same recipe, data and pretraining?"""

@@ -58,7 +58,9 @@ class Pretrained:
         check_alpha(self.alpha)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"gmf": str(self.gmf), "mlp": str(self.mlp), "alpha": self.alpha}
+        """As a run records it: absolute paths (found again from any directory)."""
+        gmf, mlp = (str(Path(p).expanduser().resolve()) for p in (self.gmf, self.mlp))
+        return {"gmf": gmf, "mlp": mlp, "alpha": self.alpha}
 
 
 def check_alpha(alpha: float) -> None:
@@ -137,6 +139,7 @@ def ensure_run(
 ) -> dict[str, Any]:
     """The summary of a finished run in ``out`` with these settings, training it if needed."""
     run = RunDir(out)
+    data = data.resolved()
     if not rerun and run.is_finished(_run_config(data, config, pretrained)):
         echo(f"reusing the finished {config.model} run in {out}")
         return run.read_summary()
@@ -259,10 +262,13 @@ def _start(
             f"(alpha {pretrained.alpha})"
         )
     run.path.mkdir(parents=True, exist_ok=True)
-    command = command if command is not None else sys.argv
-    run.write_config(
-        _run_config(data, config, pretrained, source=source, command=command, versions=versions())
-    )
+    recorded = {
+        "source": source,
+        "command": command if command is not None else sys.argv,
+        "versions": versions(),
+        "fingerprint": split.fingerprint(),
+    }
+    run.write_config(_run_config(data, config, pretrained, **recorded))
     return split, model, source
 
 
@@ -325,6 +331,7 @@ def run_training(
     ``pretrained`` initialises a NeuMF from a GMF and an MLP run directory before training.
     """
     run = RunDir(out)
+    data = data.resolved()
     if pretrained is not None and config.model != "neumf":
         raise ConfigError(f"pretraining initialises neumf, not {config.model}")
     run.prepare(resume=resume, overwrite=overwrite)

@@ -9,9 +9,11 @@ are 422, bodies over ``max_body_bytes`` are 413. The model is loaded once, befor
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from torchcf import __version__
 from torchcf.errors import TorchcfError, UnknownIdError
@@ -55,6 +57,72 @@ class SimilarItems(BaseModel):
     items: list[Recommendation]
 
 
+class BodyTooLarge(HTTPException):
+    """A request body past the limit, however it was sent (with a length or chunked)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body over {max_bytes} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose body is over ``max_bytes`` gets 413. A declared
+    ``Content-Length`` is checked before anything is read; a chunked body is counted as it
+    arrives and refused as soon as it passes the limit (never buffered whole)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
+            return message
+
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body over {self.max_bytes} bytes"}, status_code=413
+        )
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors without the offending input (it may be NaN, huge or not JSON at all)."""
+    return [
+        {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", ""))}
+        for error in exc.errors()
+    ]
+
+
 def _items(rec: Recommender, ids: np.ndarray, scores: np.ndarray) -> list[Recommendation]:
     return [Recommendation(**row) for row in rec.rows(ids, scores)]
 
@@ -69,16 +137,16 @@ def create_app(
         description=f"Recommendations from a trained {rec.name} model.",
     )
     app.state.recommender = rec
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     K = Annotated[int, Query(ge=1, le=max_k, description=f"list length, 1–{max_k}")]
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return JSONResponse(
-                {"detail": f"request body over {max_body_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _errors(exc)}, status_code=422)
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return JSONResponse({"detail": "request nested too deeply"}, status_code=400)
 
     @app.exception_handler(UnknownIdError)
     async def unknown_id(request: Request, exc: UnknownIdError) -> JSONResponse:

@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from torchcf.data.split import SplitConfig
+from torchcf.data.split import SEED, SplitConfig
 from torchcf.errors import ConfigError
 from torchcf.models.base import ModelConfig, ModelSpec
 from torchcf.models.registry import SPECS, get_spec
-from torchcf.settings import Settings, below_one, non_negative, positive, setting
+from torchcf.settings import Settings, above, below_one, between, setting
 
 __all__ = ["OPTIMIZERS", "Recipe", "TrainConfig", "applicable", "recipe", "takes"]
 
@@ -30,9 +30,9 @@ class TrainConfig(Settings):
 
     owner: ClassVar[str] = "training"
 
-    epochs: int = setting(20, "training epochs", check=positive)
-    batch_size: int = setting(256, "samples per step", check=positive)
-    learning_rate: float = setting(0.001, "learning rate", flag="--lr", check=positive)
+    epochs: int = setting(20, "training epochs", check=between(1, 100_000))
+    batch_size: int = setting(256, "samples per step", check=between(1, 2**31 - 1))
+    learning_rate: float = setting(0.001, "learning rate", flag="--lr", check=above(0, 1e3))
     beta1: float = setting(0.9, "Adam's β₁", check=below_one)
     beta2: float = setting(0.999, "Adam's β₂", check=below_one)
     lr_schedule: str = setting(
@@ -40,12 +40,12 @@ class TrainConfig(Settings):
         "constant, or cosine: epoch e of E trains at lr·½(1 + cos(π(e−1)/E))",
         choices=("constant", "cosine"),
     )
-    weight_decay: float = setting(0.0, "L2 penalty", check=non_negative)
+    weight_decay: float = setting(0.0, "L2 penalty", check=between(0, 1e6))
     num_negatives: int = setting(
         4,
         "training negatives per positive, drawn afresh every epoch",
         flag="--negatives",
-        check=positive,
+        check=between(1, 10_000),
     )
     optimizer: str = setting(
         "adam", "adam, lazy-adam (sparse rows), sgd or adagrad", choices=OPTIMIZERS
@@ -66,7 +66,7 @@ class TrainConfig(Settings):
     )
     amp: bool = setting(False, "bfloat16 autocast of the forward pass (GPUs; autograd steps)")
     patience: int = setting(
-        0, "stop after this many epochs without improvement (0: never)", check=non_negative
+        0, "stop after this many epochs without improvement (0: never)", check=between(0, 100_000)
     )
     select_by: str = setting(
         "auto",
@@ -74,7 +74,9 @@ class TrainConfig(Settings):
         flag="--select",
         choices=("auto", "validation", "test"),
     )
-    seed: int = setting(0, "random seed (initialisation, negatives, order; and the split)")
+    seed: int = setting(
+        0, "random seed (initialisation, negatives, order; and the split)", check=SEED
+    )
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
 
     def epoch_learning_rate(self, epoch: int) -> float:

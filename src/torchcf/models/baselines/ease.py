@@ -11,7 +11,7 @@ import torch
 from torchcf.data.interactions import Interactions
 from torchcf.models.base import FITTED_TRAINING, FloatRange, ModelConfig, ModelSpec
 from torchcf.models.baselines.history import HistoryModel
-from torchcf.settings import positive, setting
+from torchcf.settings import above, setting
 
 __all__ = ["EASE", "EASEConfig", "SPEC"]
 
@@ -19,7 +19,7 @@ __all__ = ["EASE", "EASEConfig", "SPEC"]
 @dataclass(frozen=True)
 class EASEConfig(ModelConfig):
     owner: ClassVar[str] = "ease"
-    l2: float = setting(500.0, "EASE: the L2 penalty λ", check=positive)
+    l2: float = setting(500.0, "EASE: the L2 penalty λ", check=above(0, 1e12))
 
 
 class EASE(HistoryModel):

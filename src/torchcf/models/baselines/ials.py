@@ -21,7 +21,7 @@ from torchcf.models.base import (
     factors_setting,
     init_std_setting,
 )
-from torchcf.settings import at_least, non_negative, setting
+from torchcf.settings import between, setting
 
 __all__ = ["IALS", "IALSConfig", "SPEC"]
 
@@ -30,9 +30,9 @@ __all__ = ["IALS", "IALSConfig", "SPEC"]
 class IALSConfig(ModelConfig):
     owner: ClassVar[str] = "ials"
     embedding_dim: int = factors_setting(64)
-    l2: float = setting(0.002, "iALS: the L2 penalty λ (frequency-scaled)", check=non_negative)
+    l2: float = setting(0.002, "iALS: the L2 penalty λ (frequency-scaled)", check=between(0, 1e12))
     unobserved_weight: float = setting(
-        0.1, "iALS: the weight α₀ of every unobserved pair", check=non_negative
+        0.1, "iALS: the weight α₀ of every unobserved pair", check=between(0, 1e6)
     )
     init_std: float = init_std_setting(0.1)
     solver: str = setting(
@@ -40,7 +40,7 @@ class IALSConfig(ModelConfig):
         "iALS: cg (conjugate-gradient steps, fast) or exact (batched solves)",
         choices=("cg", "exact"),
     )
-    cg_steps: int = setting(3, "iALS: conjugate-gradient steps per sweep", check=at_least(1))
+    cg_steps: int = setting(3, "iALS: conjugate-gradient steps per sweep", check=between(1, 1000))
 
 
 class IALS(FittedModel):

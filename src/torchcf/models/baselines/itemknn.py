@@ -11,7 +11,7 @@ import torch
 from torchcf.data.interactions import Interactions
 from torchcf.models.base import FITTED_TRAINING, FloatRange, IntRange, ModelConfig, ModelSpec
 from torchcf.models.baselines.history import HistoryModel
-from torchcf.settings import at_least, non_negative, setting
+from torchcf.settings import between, setting
 
 __all__ = ["SPEC", "ItemKNN", "ItemKNNConfig"]
 
@@ -19,8 +19,10 @@ __all__ = ["SPEC", "ItemKNN", "ItemKNNConfig"]
 @dataclass(frozen=True)
 class ItemKNNConfig(ModelConfig):
     owner: ClassVar[str] = "itemknn"
-    neighbours: int = setting(100, "item-kNN: neighbours kept per item", check=at_least(1))
-    shrink: float = setting(0.0, "item-kNN: similarity shrinkage", check=non_negative)
+    neighbours: int = setting(
+        100, "item-kNN: neighbours kept per item", check=between(1, 10_000_000)
+    )
+    shrink: float = setting(0.0, "item-kNN: similarity shrinkage", check=between(0, 1e12))
 
 
 class ItemKNN(HistoryModel):

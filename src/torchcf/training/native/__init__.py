@@ -16,13 +16,14 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["load"]
+__all__ = ["build_error", "load"]
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCE = _CSRC / "module.cpp"  # includes the kernels: one translation unit
 _PARTS = [_CSRC / name for name in ("module.cpp", "adam.h", "dot_adam.cpp", "tower_adam.cpp")]
 _module: ModuleType | None = None
 _tried = False
+_error: str | None = None
 
 
 def _cpu_tag() -> str:
@@ -42,11 +43,12 @@ def _cpu_tag() -> str:
 
 def load(verbose: bool = False) -> ModuleType | None:
     """The compiled kernel module, or None where it is turned off or cannot be built."""
-    global _module, _tried
+    global _module, _tried, _error
     if _tried:
         return _module
     _tried = True
     if os.environ.get("TORCHCF_NATIVE", "1") == "0" or platform.system() != "Linux":
+        _error = "turned off (TORCHCF_NATIVE=0)" if platform.system() == "Linux" else "not Linux"
         return None
     try:
         from torch.utils import cpp_extension
@@ -63,11 +65,22 @@ def load(verbose: bool = False) -> ModuleType | None:
             verbose=verbose,
         )
     except Exception as exc:  # no compiler, no headers, no ninja: fall back to tensor ops
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        _error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        errors = [line for line in lines if "error" in line.lower() and line != lines[0]]
+        if errors:  # the compiler's own first error says what is missing
+            _error += f" ({errors[0][:200]})"
         warnings.warn(
-            f"torchcf: the compiled training kernels are unavailable ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); using the slower tensor-op step",
+            f"torchcf: the compiled training kernels are unavailable ({_error}); using the "
+            "slower tensor-op step",
             RuntimeWarning,
             stacklevel=2,
         )
         _module = None
     return _module
+
+
+def build_error() -> str | None:
+    """Why ``load()`` returned None (the build's own error), or None if it did not."""
+    load()
+    return _error

@@ -20,6 +20,19 @@
 
 namespace torchcf {
 
+// The calling thread's floating-point state as it was: a kernel flushes denormals while it runs
+// (moments of rarely seen rows decay into them) and must not leave the caller's thread changed.
+class KeepFloatState {
+ public:
+#if defined(__SSE__) || defined(__x86_64__)
+  KeepFloatState() : csr_(_mm_getcsr()) {}
+  ~KeepFloatState() { _mm_setcsr(csr_); }
+
+ private:
+  unsigned int csr_;
+#endif
+};
+
 // What crosses from Python: the flat buffers of a compiled step, a run of samples, Adam's
 // settings and the optimizer (named, as torchcf.training.steps declares them).
 struct Buffers {

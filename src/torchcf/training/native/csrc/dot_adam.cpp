@@ -173,6 +173,7 @@ class DotRun {
 double dot_adam_batches(const Buffers& buffers, const Batches& batches, const DotShape& shape,
                         const AdamSettings& adam) {
   check_buffers(buffers, batches);
+  const KeepFloatState keep_float_state;
   // user rows index the table directly; item rows follow them
   const Samples samples = gather_samples(batches, shape.num_users, shape.num_rows - shape.num_users);
   const int64_t total = batches.order.numel(), batch_size = batches.batch_size;

@@ -401,6 +401,7 @@ double tower_adam_batches(const Buffers& buffers, const Batches& batches, const 
                           Optimizer optimizer, const AdamSettings& adam,
                           const DropoutSettings& dropout) {
   check_buffers(buffers, batches);
+  const KeepFloatState keep_float_state;
   const Samples samples = gather_samples(batches, shape.num_users, shape.num_items);
   const int64_t total = batches.order.numel(), batch_size = batches.batch_size;
   at::NoGradGuard no_grad;
