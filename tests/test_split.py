@@ -148,4 +148,9 @@ def test_ncf_test_users_without_training_are_counted():
     train = Interactions(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 2]), 3, 5)
     ncf = NcfData(train, np.array([0, 2]), np.array([2, 3]), [np.array([4]), np.array([4])])
     split = ncf_split(ncf, num_negatives=2, validation=False)
-    assert any("1 test users have no training interaction" in n for n in split.protocol["notes"])
+    assert any(
+        "1 test users have no training interaction: kept" in n for n in split.protocol["notes"]
+    )
+    assert split.test.users.tolist() == [0, 2]
+    dropped = ncf_split(ncf, num_negatives=2, validation=False, cold_users="drop")
+    assert dropped.test.users.tolist() == [0] and "dropped" in dropped.protocol["notes"][0]

@@ -53,6 +53,12 @@ class SplitConfig(Settings):
         "seed's training set exactly)",
     )
     k: int = setting(10, "cut-off of HR@k and NDCG@k", flag="-k", check=between(1, 100_000))
+    cold_users: str = setting(
+        "keep",
+        "NCF files: test users without training interactions are kept (evaluated with untrained "
+        "vectors) or dropped; counted in the run's notes either way",
+        choices=("keep", "drop"),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,8 +275,27 @@ def make_split(data: Interactions | NcfData, config: SplitConfig) -> Split:
     """The split of ``data`` that ``config`` defines: leave-one-out of raw interactions, or the
     given test items and candidates of an NCF split."""
     if isinstance(data, NcfData):
-        return ncf_split(data, config.eval_negatives, config.validation, config.seed)
+        return ncf_split(
+            data, config.eval_negatives, config.validation, config.seed, config.cold_users
+        )
     return leave_one_out(data, config.eval_negatives, config.validation, config.seed)
+
+
+def _cold_users(test: Holdout, train: Interactions, policy: str, notes: list[str]) -> Holdout:
+    """The test holdout with its users who have no training interaction kept or dropped, and
+    their count in ``notes`` either way."""
+    cold = train.user_counts()[test.users] == 0
+    if not cold.any():
+        return test
+    if policy == "drop":
+        notes.append(f"{int(cold.sum())} test users have no training interaction: dropped")
+        keep = ~cold
+        return Holdout(test.name, test.users[keep], test.items[keep], test.negatives[keep])
+    notes.append(
+        f"{int(cold.sum())} test users have no training interaction: kept, evaluated with "
+        "untrained vectors (--cold-users drop leaves them out)"
+    )
+    return test
 
 
 def ncf_split(
@@ -278,12 +303,14 @@ def ncf_split(
     num_negatives: int = 99,
     validation: bool = True,
     seed: int = 0,
+    cold_users: str = "keep",
 ) -> Split:
     """An NCF split: the given test items and negatives, plus an optional validation holdout.
 
     Given candidates are cleaned: duplicates, the positive itself and the user's training items
     are dropped (``ml-1m.test.negative`` lists 156 users' own test item as a "negative"); the
-    counts go into ``protocol['notes']``.
+    counts go into ``protocol['notes']``. Test users without a training interaction are counted
+    there too, and kept (``cold_users="keep"``: evaluated with untrained vectors) or dropped.
     """
     train = ncf.train.deduplicate()
     users, items = ncf.test_users, ncf.test_items
@@ -316,7 +343,8 @@ def ncf_split(
     negatives[rows[keep], position[keep]] = raw[keep]
     order = np.argsort(users, kind="stable")
     test = Holdout("test", users[order], items[order], negatives[order])
-    notes = []
+    notes: list[str] = []
+    test = _cold_users(test, train, cold_users, notes)
     n_pos = int(is_positive.any(axis=1).sum())
     if n_pos:
         notes.append(
@@ -337,12 +365,6 @@ def ncf_split(
     val_holdout, val_rule = None, None
     if validation:
         num_negatives = _candidates(num_negatives, train.num_items, notes)
-    cold = int((train.user_counts()[users] == 0).sum())
-    if cold:
-        notes.append(
-            f"{cold} test users have no training interaction: they are evaluated with untrained "
-            "vectors (their item is ranked by the model's initial or average scores)"
-        )
     if validation:
         train, val_holdout, val_rule = _add_validation(train, known, num_negatives, rng)
     protocol = {
