@@ -146,21 +146,23 @@ def random_batches(steps=300, batch=32, users=30, items=25, seed=0):
     ]
 
 
-def _kernel_missing() -> str | None:
-    """Why the compiled kernel is not built here (None: it is). Where the README promises it
-    (``TORCHCF_REQUIRE_KERNEL=1``, as ``.ci/run`` sets), a failed build fails the tests that
-    need it instead of skipping them."""
+@pytest.fixture()
+def kernel():
+    """The compiled kernel module. Where it does not build, the test is skipped with the
+    build's own error, or, where the README promises the kernel (``TORCHCF_REQUIRE_KERNEL=1``,
+    as ``.ci/run`` sets), it fails with it."""
     from torchcf.training import native
 
-    if native.load() is not None:
-        return None
-    error = native.build_error() or "unknown"
-    if os.environ.get("TORCHCF_REQUIRE_KERNEL") == "1":
-        raise RuntimeError(f"the compiled kernel did not build, and CI requires it: {error}")
-    return f"the compiled kernel is not built here: {error}"
+    module = native.load()
+    if module is None:
+        error = f"the compiled kernel did not build: {native.build_error()}"
+        if os.environ.get("TORCHCF_REQUIRE_KERNEL") == "1":
+            pytest.fail(f"{error} (TORCHCF_REQUIRE_KERNEL=1)", pytrace=False)
+        pytest.skip(error)
+    return module
 
 
-needs_kernel = pytest.mark.skipif(_kernel_missing() is not None, reason=str(_kernel_missing()))
+needs_kernel = pytest.mark.usefixtures("kernel")
 
 # skips allowed when TORCHCF_NO_SKIPS=1 (.ci/run): what CI's machine cannot have
 ALLOWED_SKIPS = ("CUDA",)

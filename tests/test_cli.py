@@ -68,6 +68,7 @@ def test_train_end_to_end(tiny, tmp_path):
         "model/user_ids.json",
         "model/item_ids.json",
         "model/seen.npz",
+        "per_user.parquet",
     ):
         assert (out / name).is_file(), name
     assert not (out / "checkpoint.pt").exists()
@@ -103,6 +104,37 @@ def test_train_end_to_end(tiny, tmp_path):
     assert result["full"]["ndcg@10"] == pytest.approx(full["ndcg@10"])
     table = run_cli("evaluate", str(out), "--protocol", "full").stdout
     assert "full ranking" in table and "coverage" in table and "sampled" not in table
+
+
+def test_per_user_results_sum_back_to_the_reported_metrics(tiny, tmp_path):
+    """per_user.parquet: one row per user, holdout and protocol; the library's metrics of its
+    ranks are exactly the run's reported figures, and its columns average to them."""
+    import pandas as pd
+    import torch
+
+    from torchcf.evaluation.metrics import hit_rate, ndcg
+
+    out = tmp_path / "run"
+    assert run_cli("train", "--data", str(tiny), "--out", str(out), *FAST).returncode == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    table = pd.read_parquet(out / "per_user.parquet")
+    assert set(table.groupby(["holdout", "protocol"]).size().items()) == {
+        (("test", "sampled"), 12),
+        (("validation", "sampled"), 12),
+        (("test", "full"), 12),
+    }
+    reported = {
+        ("test", "sampled"): summary["selected"]["test"],
+        ("validation", "sampled"): summary["selected"]["validation"],
+        ("test", "full"): summary["full_ranking"],
+    }
+    for (holdout, protocol), rows in table.groupby(["holdout", "protocol"]):
+        ranks = torch.as_tensor(rows["rank"].to_numpy().copy())
+        want = reported[(holdout, protocol)]
+        assert hit_rate(ranks, 10) == want["hr@10"] and ndcg(ranks, 10) == want["ndcg@10"]
+        assert rows["hit"].mean() == pytest.approx(want["hr@10"], abs=1e-12)
+        assert rows["ndcg"].mean() == pytest.approx(want["ndcg@10"], abs=1e-12)
+    assert set(table["user_id"]) == set(range(1, 13))  # the data's own ids (1-based here)
 
 
 @pytest.mark.parametrize("model", ["pop", "itemknn", "ease", "ials", "bpr"])

@@ -200,9 +200,11 @@ def test_kernel_build_failure_falls_back_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_error", None)
     monkeypatch.setattr(cpp_extension, "load", broken)
     with pytest.warns(RuntimeWarning, match="g\\+\\+: command not found"):
         assert native.load() is None
+    assert "g++: command not found" in native.build_error()  # the build's own error
     assert native.load() is None  # tried once per process
     assert type(make_step(build_model("gmf", 3, 3, seed=0), TrainConfig())) is DotProductAdamStep
     monkeypatch.setattr(native, "_tried", False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -31,8 +32,10 @@ __all__ = [
     "evaluate_full",
     "evaluate_sampled",
     "full_ks",
+    "full_metrics",
     "full_ranks",
     "holdout_ranks",
+    "per_user",
     "rows_mask",
 ]
 
@@ -186,9 +189,18 @@ def evaluate_full(
 ) -> dict[str, Any]:
     """Full-ranking metrics at each k, catalogue coverage of the top-k lists, protocol."""
     ranks, lists = full_ranks(model, holdout, exclude, device, top_k=max(ks))
-    coverage = {
-        metric_key("coverage", k): len(np.unique(lists[:, :k])) / model.num_items for k in ks
-    }
+    return full_metrics(ranks, lists, holdout, model.num_items, ks)
+
+
+def full_metrics(
+    ranks: torch.Tensor,
+    lists: np.ndarray,
+    holdout: Holdout,
+    num_items: int,
+    ks: tuple[int, ...] = (5, 10, 20),
+) -> dict[str, Any]:
+    """``evaluate_full``'s result from ``full_ranks``' ranks and top-k lists."""
+    coverage = {metric_key("coverage", k): len(np.unique(lists[:, :k])) / num_items for k in ks}
     return {
         "holdout": holdout.name,
         **ranking_metrics(ranks, ks),
@@ -201,6 +213,25 @@ def evaluate_full(
             "ks": list(ks),
         },
     }
+
+
+def per_user(holdout: Holdout, ranks: torch.Tensor, k: int, protocol: str) -> pd.DataFrame:
+    """One row per user of ``holdout``: the held-out item's 0-based ``rank`` under
+    ``protocol`` ("sampled" or "full") and its contributions at ``k``: ``hit`` (0/1) and
+    ``ndcg`` (``1 / log2(rank + 2)`` in the top k, else 0). Their means are HR@k and NDCG@k."""
+    r = ranks.detach().cpu().numpy().astype(np.int64)
+    hit = r < k
+    return pd.DataFrame(
+        {
+            "holdout": holdout.name,
+            "protocol": protocol,
+            "user": np.asarray(holdout.users, dtype=np.int64),
+            "item": np.asarray(holdout.items, dtype=np.int64),
+            "rank": r,
+            "hit": hit.astype(np.float64),
+            "ndcg": np.where(hit, 1.0 / np.log2(r + 2.0), 0.0),
+        }
+    )
 
 
 def full_ks(k: int) -> tuple[int, ...]:

@@ -17,18 +17,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from torchcf.data.split import Holdout
 from torchcf.errors import ConfigError
 from torchcf.evaluation.metrics import hit_rate, ndcg, positive_ranks
-from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_ks
+from torchcf.evaluation.protocols import evaluate_sampled
 from torchcf.io import atomic_directory
 from torchcf.models.base import ScoringModel
 from torchcf.models.blend import Blend, standardise, weighted_sum
 from torchcf.runs.evaluate import check_split, load_run_split
 from torchcf.runs.rundir import RunConfig, RunDir, metric_key, metrics_at, versions
-from torchcf.runs.train import format_full
+from torchcf.runs.train import evaluate_selected, format_full
 from torchcf.serving.persistence import LoadedModel, load_model, save_model
 
 __all__ = ["blend_runs", "simplex_grid"]
@@ -162,6 +163,7 @@ def blend_runs(
     if weights is None:
         weights, search, chosen_by = _choose(models, split.validation, k, metric, runs[0])
     blend = Blend.of(models, list(weights))
+    full, users = evaluate_selected(blend, split, k)
     holdouts = [h for h in (split.test, split.validation) if h is not None]
     sampled = {h.name: evaluate_sampled(blend, h, k, protocol=split.protocol) for h in holdouts}
     selected: dict[str, Any] = {"by": "validation" if search else "given"}
@@ -181,7 +183,7 @@ def blend_runs(
         ],
         "selected": selected,
         "search": search,
-        "full_ranking": evaluate_full(blend, split.test, split.known_items(), ks=full_ks(k)),
+        "full_ranking": full,
         "parameters": int(sum(p.numel() for p in blend.parameters())),
         "protocol": {**split.protocol, "k": k},
         "wall_seconds": time.perf_counter() - started,
@@ -197,7 +199,7 @@ def blend_runs(
         versions=versions(),
         fingerprint=config.fingerprint,
     )
-    _write(out, recorded, blend, split, summary)
+    _write(out, recorded, blend, split, summary, users)
     _report(summary, models, list(weights), k, echo)
     echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
     return summary
@@ -210,12 +212,18 @@ def _part(run: str | Path, loaded: LoadedModel) -> dict[str, Any]:
 
 
 def _write(
-    out: str | Path, config: RunConfig, blend: Blend, split: Any, summary: dict[str, Any]
+    out: str | Path,
+    config: RunConfig,
+    blend: Blend,
+    split: Any,
+    summary: dict[str, Any],
+    users: pd.DataFrame,
 ) -> None:
     """The blend's run directory, whole or not at all."""
     with atomic_directory(out) as tmp:
         run = RunDir(tmp)
         run.write_config(config)
+        run.write_per_user(users, split.train)
         save_model(
             run.model_dir,
             blend,

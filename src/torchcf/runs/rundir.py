@@ -8,6 +8,9 @@
     RUN/metrics.json         the summary: selected epoch and its metrics, best test epoch,
                              full ranking, protocol, timings
     RUN/learning_curve.png   the metrics per epoch, selected epoch marked
+    RUN/per_user.parquet     the selected epoch per evaluated user, holdout (test, validation)
+                             and protocol (sampled, full): the held-out item's rank and its
+                             HR/NDCG contributions at k, with the users' and items' own ids
     RUN/model/               the saved model (``torchcf.serving.persistence``)
     RUN/checkpoint.pt        the trainer's checkpoint while a run is under way
     RUN/pretrain/{gmf,mlp}/  the runs a pretrained NeuMF starts from
@@ -28,14 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 import torchcf
+from torchcf.data.interactions import IdMap, Interactions
 from torchcf.data.sources import DataSpec
 from torchcf.data.split import SplitConfig
 from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation.metrics import metric_key
-from torchcf.io import atomic_open, write_json
+from torchcf.io import atomic_open, atomic_path, write_json
 from torchcf.models.registry import SPECS
 from torchcf.training.config import Recipe, TrainConfig
 from torchcf.training.trainer import METRICS, EpochRecord
@@ -155,6 +160,10 @@ class RunDir:
         return self.path / "learning_curve.png"
 
     @property
+    def per_user_file(self) -> Path:
+        return self.path / "per_user.parquet"
+
+    @property
     def model_dir(self) -> Path:
         return self.path / "model"
 
@@ -225,6 +234,25 @@ class RunDir:
             raise DataError(f"{self.summary_file}: cannot read ({exc})") from None
         return summary
 
+    # -- per_user.parquet ------------------------------------------------------------------------
+    def write_per_user(self, rows: pd.DataFrame, train: Interactions) -> None:
+        """``rows`` (``evaluation.protocols.per_user``'s, concatenated) with the users' and
+        items' external ids added (``user_id``, ``item_id``), written atomically."""
+        users = train.user_map or IdMap.identity(train.num_users)
+        items = train.item_map or IdMap.identity(train.num_items)
+        table = rows.reset_index(drop=True).assign(
+            user_id=_id_column(users, rows["user"].to_numpy()),
+            item_id=_id_column(items, rows["item"].to_numpy()),
+        )
+        with atomic_path(self.per_user_file) as tmp:
+            table.to_parquet(tmp, index=False)
+
+    def read_per_user(self) -> pd.DataFrame:
+        try:
+            return pd.read_parquet(self.per_user_file)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.per_user_file}: cannot read ({exc})") from None
+
     # -- metrics.csv ----------------------------------------------------------------------------
     def write_history(self, history: Sequence[EpochRecord], k: int) -> None:
         rows = history_rows(history, k)
@@ -236,6 +264,12 @@ class RunDir:
     def read_history(self) -> list[dict[str, str]]:
         with open(self.history_file, encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
+
+
+def _id_column(ids: IdMap, index: np.ndarray) -> np.ndarray:
+    """External ids of dense ``index`` as one Parquet-friendly column (integers or text)."""
+    values = ids.to_id(index)
+    return values if values.dtype.kind in "iu" else values.astype(str)
 
 
 def history_column(holdout: str, name: str, k: int) -> str:

@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
 from torchcf.data.sources import DataSpec, load_split
 from torchcf.data.split import Split
 from torchcf.errors import ConfigError
-from torchcf.evaluation.protocols import evaluate_full, full_ks
+from torchcf.evaluation.protocols import (
+    full_ks,
+    full_metrics,
+    full_ranks,
+    holdout_ranks,
+    per_user,
+)
 from torchcf.models.base import FittedModel, ScoringModel
 from torchcf.models.gmf import GMF
 from torchcf.models.mlp import MLP
@@ -40,6 +48,7 @@ __all__ = [
     "format_full",
     "pretrain_recipe",
     "run_training",
+    "evaluate_selected",
     "pretrained_parts",
 ]
 
@@ -341,9 +350,8 @@ def run_training(
     trainer, fit = _fit(model, split, config, run, resume, progress, echo, pretrained is not None)
     model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
     k = config.split.k
-    full = evaluate_full(
-        model, split.test, split.known_items(), ks=full_ks(k), device=trainer.device
-    )
+    full, users = evaluate_selected(model, split, k, trainer.device)
+    run.write_per_user(users, split.train)
     summary = {
         "model": config.model,
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -373,6 +381,20 @@ def run_training(
     _report(summary, k, echo)
     echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
     return summary
+
+
+def evaluate_selected(
+    model: ScoringModel, split: Split, k: int, device: torch.device | str = "cpu"
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The full-ranking metrics of the test holdout and the per-user table: every user of each
+    holdout under the sampled protocol, and of the test holdout under full ranking."""
+    ks = full_ks(k)
+    ranks, lists = full_ranks(model, split.test, split.known_items(), device, top_k=max(ks))
+    rows = [per_user(split.test, ranks, k, "full")]
+    for holdout in (split.test, split.validation):
+        if holdout is not None:
+            rows.insert(-1, per_user(holdout, holdout_ranks(model, holdout, device), k, "sampled"))
+    return full_metrics(ranks, lists, split.test, model.num_items, ks), pd.concat(rows)
 
 
 def _report(summary: Mapping[str, Any], k: int, echo: Echo) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -65,11 +66,7 @@ def load(verbose: bool = False) -> ModuleType | None:
             verbose=verbose,
         )
     except Exception as exc:  # no compiler, no headers, no ninja: fall back to tensor ops
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        _error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-        errors = [line for line in lines if "error" in line.lower() and line != lines[0]]
-        if errors:  # the compiler's own first error says what is missing
-            _error += f" ({errors[0][:200]})"
+        _error = _build_error(exc)
         warnings.warn(
             f"torchcf: the compiled training kernels are unavailable ({_error}); using the "
             "slower tensor-op step",
@@ -78,6 +75,23 @@ def load(verbose: bool = False) -> ModuleType | None:
         )
         _module = None
     return _module
+
+
+def _build_error(exc: Exception) -> str:
+    """The build's failure in one line: what failed and the compiler's (or shell's) own first
+    error, not the command line ninja echoes before it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    head = lines[0].split(": [", 1)[0] if lines else ""
+    detail = next(
+        (
+            line
+            for line in lines[1:]
+            if re.search(r"error|not found|no such file", line, re.IGNORECASE)
+            and not line.startswith(("FAILED", "ninja: build stopped"))
+        ),
+        None,
+    )
+    return f"{type(exc).__name__}: {head}" + (f": {detail[:300]}" if detail else "")
 
 
 def build_error() -> str | None:
