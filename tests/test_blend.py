@@ -85,7 +85,12 @@ def test_blend_chooses_weights_on_validation_and_writes_a_run(runs, tmp_path):
     out = tmp_path / "blend"
     lines: list[str] = []
     summary = blend_runs([runs["ials"], runs["ease"]], out, echo=lines.append)
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "model", "per_user.parquet"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "metrics.json",
+        "model",
+        "per_user.parquet",
+    }
     search = summary["search"]
     assert len(search) == 21
     best = max(row["ndcg@10"] for row in search)
