@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from torchcf.errors import TorchcfError
 from torchcf.evaluation.metrics import metric_key
 
 __all__ = ["add_parser", "run"]
@@ -20,11 +21,28 @@ def add_parser(sub: Any) -> None:
     )
     ev.add_argument("run", metavar="RUN_DIR", help="a run directory written by train")
     ev.add_argument("--protocol", default="both", choices=["sampled", "full", "both"])
+    ev.add_argument(
+        "--against",
+        metavar="OTHER_RUN",
+        help="compare with another run on the same split: paired bootstrap CIs and tests",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchcf.runs.evaluate import evaluate_run
+    from torchcf.runs.evaluate import compare_runs, evaluate_run
+
+    if args.against is not None:
+        if not 0 <= args.seed < 2**32:
+            raise TorchcfError(f"--seed must be in [0, 2^32), got {args.seed}")
+        comparison = compare_runs(args.run, args.against, seed=args.seed)
+        if args.json:
+            print(json.dumps(comparison))
+            return 0
+        for row in comparison["differences"]:
+            print(f"{row['holdout']}, {row['protocol']}: {row['words']}")
+        return 0
 
     result = evaluate_run(args.run, args.protocol)
     if args.json:

@@ -5,14 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from torchcf.data.sources import changed_files, load_split
 from torchcf.data.split import Split
 from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_ks
+from torchcf.evaluation.significance import paired_metrics
 from torchcf.runs.rundir import RunConfig, RunDir
 from torchcf.serving.persistence import LoadedModel, load_model
 
-__all__ = ["check_split", "evaluate_run", "load_run_split"]
+__all__ = [
+    "check_split",
+    "compare_runs",
+    "evaluate_run",
+    "load_run_split",
+    "per_user_results",
+]
 
 
 def check_split(loaded: LoadedModel, split: Split, run: str | Path) -> None:
@@ -64,3 +73,53 @@ def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False
     if protocol in ("full", "both"):
         out["full"] = evaluate_full(loaded.model, split.test, split.known_items(), ks=full_ks(k))
     return out
+
+
+def per_user_results(run: str | Path) -> pd.DataFrame:
+    """A run's per-user table: its ``per_user.parquet``, or (a run from before those files)
+    computed again from its saved model on its rebuilt split."""
+    directory = RunDir(run)
+    if directory.per_user_file.exists():
+        return directory.read_per_user()
+    from torchcf.runs.train import evaluate_selected  # the run layer's one evaluation
+
+    config = directory.read_config()
+    loaded = load_model(run)
+    split = load_run_split(run, config)
+    check_split(loaded, split, run)
+    return evaluate_selected(loaded.model, split, config.split.k)[1]
+
+
+def compare_runs(
+    run: str | Path, other: str | Path, seed: int = 0, resamples: int = 10_000
+) -> dict[str, Any]:
+    """``run`` − ``other`` on the same users: per holdout and protocol, HR@k and NDCG@k with
+    paired bootstrap CIs and paired tests (``evaluation.significance``)."""
+    configs = [RunDir(r).read_config() for r in (run, other)]
+    if configs[0].fingerprint != configs[1].fingerprint or configs[0].split.k != configs[1].split.k:
+        raise ConfigError(f"{other} was trained on another split than {run} (or another k)")
+    k = configs[0].split.k
+    tables = [per_user_results(r) for r in (run, other)]
+    differences = paired_metrics(tables[0], tables[1], k, seed=seed, resamples=resamples)
+    names = [f"{c.model} ({r})" for c, r in zip(configs, (run, other), strict=True)]
+    return {
+        "a": names[0],
+        "b": names[1],
+        "k": k,
+        "differences": [
+            {
+                "holdout": holdout,
+                "protocol": protocol,
+                **d.as_dict(),
+                "words": d.words(names[0], names[1]),
+            }
+            for (holdout, protocol), found in sorted(differences.items(), key=_order)
+            for d in found
+        ],
+    }
+
+
+def _order(item: tuple[tuple[str, str], Any]) -> tuple[int, int]:
+    """Sampled before full ranking, test before validation."""
+    (holdout, protocol), _ = item
+    return (protocol != "sampled", holdout != "test")

@@ -1,0 +1,133 @@
+"""Is a difference real? Paired comparisons of two models on the same users.
+
+Per-user results (``protocols.per_user``) of two models on the same holdout are paired by user.
+For each metric: the mean difference with a paired bootstrap 95 % confidence interval over users
+(``scipy.stats.bootstrap``, seeded), and a paired test: the exact sign test on the users whose
+hit differs (McNemar's exact form, ``scipy.stats.binomtest``) for HR, the Wilcoxon signed-rank
+test (``scipy.stats.wilcoxon``) for NDCG. ``holm`` adjusts p-values for several comparisons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from torchcf.errors import DataError
+
+__all__ = ["PairedDifference", "holm", "paired_difference", "paired_metrics"]
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``a − b`` of one metric over the same users: means, the difference, its bootstrap CI,
+    the paired test's name and p-value."""
+
+    metric: str
+    users: int
+    a: float
+    b: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    test: str
+    p_value: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def words(self, a: str, b: str, alpha: float = 0.05, p_value: float | None = None) -> str:
+        """``"GMF − MF: ΔHR@10 +0.002 [−0.004, +0.008], p = 0.52: no evidence of a difference
+        at 5 %"`` (``p_value``: an adjusted one, e.g. Holm's, in place of the raw)."""
+        p = self.p_value if p_value is None else p_value
+        verdict = (
+            f"{a} {'better' if self.delta > 0 else 'worse'} at {alpha:.0%}"
+            if p < alpha
+            else f"no evidence of a difference at {alpha:.0%}"
+        )
+        return (
+            f"{a} − {b}: Δ{self.metric} {self.delta:+.4f} [{self.ci_low:+.4f}, "
+            f"{self.ci_high:+.4f}], p = {p:.3g}: {verdict}"
+        )
+
+
+def paired_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    metric: str,
+    kind: str,
+    seed: int = 0,
+    resamples: int = 10_000,
+) -> PairedDifference:
+    """``a − b`` of per-user values (the same users, in the same order). ``kind`` ``"hit"``
+    (0/1 values: exact sign test on the discordant users) or ``"ndcg"`` (Wilcoxon)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise DataError(f"paired values need the same users, got {a.shape} and {b.shape}")
+    diff = a - b
+    if np.all(diff == diff[0]):  # no spread: the bootstrap has nothing to resample
+        low = high = float(diff[0])
+    else:
+        ci = stats.bootstrap(
+            (diff,),
+            np.mean,
+            confidence_level=0.95,
+            n_resamples=resamples,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        ).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    if kind == "hit":
+        better, worse = int((diff > 0).sum()), int((diff < 0).sum())
+        test = "exact sign test on discordant users (McNemar)"
+        p = 1.0 if better + worse == 0 else stats.binomtest(better, better + worse).pvalue
+    elif kind == "ndcg":
+        test = "Wilcoxon signed-rank"
+        p = 1.0 if not np.any(diff) else stats.wilcoxon(a, b).pvalue
+    else:
+        raise DataError(f"kind must be hit or ndcg, got {kind!r}")
+    return PairedDifference(
+        metric, len(a), float(a.mean()), float(b.mean()), float(diff.mean()), low, high, test,
+        float(p),
+    )  # fmt: skip
+
+
+def paired_metrics(
+    a: pd.DataFrame, b: pd.DataFrame, k: int, seed: int = 0, resamples: int = 10_000
+) -> dict[tuple[str, str], list[PairedDifference]]:
+    """HR@k and NDCG@k differences of two runs' per-user tables, per (holdout, protocol) both
+    have, paired by user (a user missing from one table is an error: not the same split)."""
+    out: dict[tuple[str, str], list[PairedDifference]] = {}
+    keys = ["holdout", "protocol", "user"]
+    joined = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
+    if (joined["_merge"] != "both").any():
+        raise DataError("the runs were not evaluated on the same users: not the same split")
+    for (holdout, protocol), rows in joined.groupby(["holdout", "protocol"], sort=False):
+        out[(str(holdout), str(protocol))] = [
+            paired_difference(
+                rows[f"{column}_a"].to_numpy(),
+                rows[f"{column}_b"].to_numpy(),
+                f"{name}@{k}",
+                column,
+                seed,
+                resamples,
+            )
+            for column, name in (("hit", "HR"), ("ndcg", "NDCG"))
+        ]
+    return out
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` for their number (SciPy has none):
+    ``p_(i) · (m − i + 1)``, made monotone, capped at 1, in the input's order."""
+    order = np.argsort(p_values, kind="stable")
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
