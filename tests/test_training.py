@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import planted
+from conftest import needs_kernel, planted
 from torchcf.data.split import leave_one_out
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.models.registry import build_model
@@ -187,6 +187,7 @@ def test_cosine_schedule_decays_the_learning_rate():
     assert trainer.step.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)
 
 
+@needs_kernel
 @pytest.mark.parametrize("model", ["gmf", "mlp"])
 def test_epoch_loss_is_the_mean_bce_of_the_epoch(model):
     """The compiled kernels (MF/GMF's, the towers') sum the loss themselves; it must equal the
