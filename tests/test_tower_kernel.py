@@ -194,4 +194,4 @@ def test_autograd_steps_key_the_dropout_by_seed_and_step():
         assert len(drops) == 3 and all(m.key == (9, 3) for m in drops)
         again = make_step(build_model("mlp", 30, 25, seed=0, **{**KWARGS, "dropout": 0.25}), config)
         again.load_state_dict(step.state_dict())
-        assert again.keys.taken == 3
+        assert again.forward_loss.keys.taken == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +57,12 @@ def _kind(f: dataclasses.Field[Any]) -> Any:
     return {"int": int, "float": float}.get(kind.split("|")[0].strip(), str)
 
 
+@functools.cache
+def _defaults(model: str) -> dict[str, Any]:
+    """Every setting's default for ``model`` (its recipe with nothing given): once per model."""
+    return recipe(model).settings()
+
+
 def _help(name: str, models: Iterable[str]) -> str:
     """The setting's help per distinct text, each with its default and the models that differ."""
     groups: dict[str, dict[str, Any]] = {}
@@ -64,7 +71,7 @@ def _help(name: str, models: Iterable[str]) -> str:
             continue
         f = dataclasses.fields(_owner(model, name))
         text = next(x.metadata.get("help", "") for x in f if x.name == name)
-        groups.setdefault(text, {})[model] = recipe(model).settings()[name]
+        groups.setdefault(text, {})[model] = _defaults(model)[name]
     parts = []
     for text, defaults in groups.items():
         values = list(defaults.values())

@@ -94,10 +94,14 @@ class ScoringModel(nn.Module):
             )
         return cls.Config.from_dict({**base, **settings})
 
-    def hparams(self) -> dict[str, Any]:
-        """Constructor arguments beyond the sizes, JSON-serialisable (for persistence)."""
+    def settings(self) -> dict[str, Any]:
+        """The model's settings (its config), without state sizes: what defines the model."""
         config = getattr(self, "config", None)
         return config.to_dict() if config is not None else {}
+
+    def hparams(self) -> dict[str, Any]:
+        """Constructor arguments beyond the sizes, JSON-serialisable (for persistence)."""
+        return self.settings()
 
     @classmethod
     def from_hparams(

@@ -23,13 +23,12 @@ import torch
 from torchcf.data.split import Holdout
 from torchcf.errors import ConfigError
 from torchcf.evaluation.metrics import hit_rate, ndcg, positive_ranks
-from torchcf.evaluation.protocols import evaluate_sampled
 from torchcf.io import atomic_directory
 from torchcf.models.base import ScoringModel
 from torchcf.models.blend import Blend, standardise, weighted_sum
 from torchcf.runs.evaluate import check_split, load_run_split
 from torchcf.runs.rundir import RunConfig, RunDir, metric_key, metrics_at, versions
-from torchcf.runs.train import evaluate_selected, format_full
+from torchcf.runs.train import evaluate_selected, format_full, sampled_metrics
 from torchcf.serving.persistence import LoadedModel, load_model, save_model
 
 __all__ = ["blend_runs", "simplex_grid"]
@@ -164,11 +163,8 @@ def blend_runs(
         weights, search, chosen_by = _choose(models, split.validation, k, metric, runs[0])
     blend = Blend.of(models, list(weights))
     full, users = evaluate_selected(blend, split, k)
-    holdouts = [h for h in (split.test, split.validation) if h is not None]
-    sampled = {h.name: evaluate_sampled(blend, h, k, protocol=split.protocol) for h in holdouts}
     selected: dict[str, Any] = {"by": "validation" if search else "given"}
-    for name, result in sampled.items():
-        selected[name] = metrics_at({"hr": result.hr, "ndcg": result.ndcg}, k)
+    selected.update(sampled_metrics(users, k))
     summary = {
         "model": Blend.name,
         "weights": dict(zip([f"{i}:{m.name}" for i, m in enumerate(models)], weights, strict=True)),

@@ -13,6 +13,7 @@ from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_ks
 from torchcf.evaluation.significance import paired_metrics
 from torchcf.runs.rundir import RunConfig, RunDir
+from torchcf.runs.train import evaluate_selected
 from torchcf.serving.persistence import LoadedModel, load_model
 
 __all__ = [
@@ -81,8 +82,6 @@ def per_user_results(run: str | Path) -> pd.DataFrame:
     directory = RunDir(run)
     if directory.per_user_file.exists():
         return directory.read_per_user()
-    from torchcf.runs.train import evaluate_selected  # the run layer's one evaluation
-
     config = directory.read_config()
     loaded = load_model(run)
     split = load_run_split(run, config)

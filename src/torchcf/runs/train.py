@@ -18,6 +18,7 @@ import torch
 from torchcf.data.sources import DataSpec, load_split
 from torchcf.data.split import Split
 from torchcf.errors import ConfigError
+from torchcf.evaluation.metrics import hit_rate, ndcg
 from torchcf.evaluation.protocols import (
     full_ks,
     full_metrics,
@@ -49,6 +50,7 @@ __all__ = [
     "pretrain_recipe",
     "run_training",
     "evaluate_selected",
+    "sampled_metrics",
     "pretrained_parts",
 ]
 
@@ -395,6 +397,16 @@ def evaluate_selected(
         if holdout is not None:
             rows.insert(-1, per_user(holdout, holdout_ranks(model, holdout, device), k, "sampled"))
     return full_metrics(ranks, lists, split.test, model.num_items, ks), pd.concat(rows)
+
+
+def sampled_metrics(users: pd.DataFrame, k: int) -> dict[str, dict[str, float]]:
+    """Each holdout's sampled HR@k and NDCG@k from a per-user table's ranks (the same figures
+    as evaluating again, without scoring again)."""
+    out = {}
+    for holdout, rows in users[users["protocol"] == "sampled"].groupby("holdout", sort=False):
+        ranks = torch.as_tensor(rows["rank"].to_numpy().copy())
+        out[str(holdout)] = metrics_at({"hr": hit_rate(ranks, k), "ndcg": ndcg(ranks, k)}, k)
+    return out
 
 
 def _report(summary: Mapping[str, Any], k: int, echo: Echo) -> None:

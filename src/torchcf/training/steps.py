@@ -100,6 +100,23 @@ class DropoutKeys:
             layer.key = (self.seed, self.taken)
 
 
+class ForwardLoss:
+    """What every autograd step starts with: the dropout layers keyed for the step, the
+    forward pass (under ``--amp``'s autocast), the loss of the batch."""
+
+    def __init__(self, model: ScoringModel, config: TrainConfig) -> None:
+        self.loss = LOSSES[config.loss]
+        self.forward = _forward(model, config)
+        self.keys = DropoutKeys(model, config.seed)
+
+    def __call__(
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys.next_step()
+        logits = self.forward(users, items)
+        return logits, self.loss(logits, labels)
+
+
 class AutogradStep:
     """Forward, BCE on logits, backward, optimizer step: works for every model.
 
@@ -127,16 +144,12 @@ class AutogradStep:
                 self.optimizers.append(make_optimizer(dense, config.replace(optimizer="adam")))
         else:
             self.optimizers = [make_optimizer(params, config)]
-        self.loss = LOSSES[config.loss]
-        self.forward = _forward(model, config)
-        self.keys = DropoutKeys(model, config.seed)
+        self.forward_loss = ForwardLoss(model, config)
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        self.keys.next_step()
-        logits = self.forward(users, items)
-        loss = self.loss(logits, labels)
+        logits, loss = self.forward_loss(users, items, labels)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -150,12 +163,15 @@ class AutogradStep:
                 group["lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": [o.state_dict() for o in self.optimizers], "taken": self.keys.taken}
+        return {
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "taken": self.forward_loss.keys.taken,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
-        self.keys.taken = int(state["taken"])
+        self.forward_loss.keys.taken = int(state["taken"])
 
 
 class FlatAdam:
@@ -266,16 +282,12 @@ class FlatAdamStep(FlatAdam):
                 self.sparse.append((p, grad))
             else:
                 p.grad = grad
-        self.loss = LOSSES[config.loss]
-        self.forward = _forward(model, config)
-        self.keys = DropoutKeys(model, config.seed)
+        self.forward_loss = ForwardLoss(model, config)
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        self.keys.next_step()
-        logits = self.forward(users, items)
-        loss = self.loss(logits, labels)
+        logits, loss = self.forward_loss(users, items, labels)
         self.grad.zero_()
         loss.backward()
         with torch.no_grad():
@@ -289,7 +301,7 @@ class FlatAdamStep(FlatAdam):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.keys.taken = int(self.steps)  # the dropout keys count Adam's steps
+        self.forward_loss.keys.taken = int(self.steps)  # the dropout keys count Adam's steps
 
 
 class DotProductAdamStep(FlatAdam):

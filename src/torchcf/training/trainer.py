@@ -287,7 +287,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
         """What a checkpoint must agree on to be continued: training, model and cut-off."""
-        return {**self.config.to_dict(), **self.model.hparams(), "k": self.k}
+        return {**self.config.to_dict(), **self.model.settings(), "k": self.k}
 
     def save_checkpoint(self, path: str | Path) -> None:
         """Everything needed to continue after the last finished epoch, written atomically."""
