@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from torchcf.cli.common import command_line, setup_torch
-from torchcf.cli.flags import add_run_flags, data_spec, overrides
+from torchcf.cli.flags import add_run_flags, add_seed_flags, data_spec, overrides
 
 __all__ = ["add_parser", "run"]
 
@@ -31,11 +31,19 @@ def add_parser(sub: Any) -> None:
     )
     compare.add_argument("--out", required=True, help="report directory (runs go in OUT/runs)")
     compare.add_argument("--rerun", action="store_true", help="retrain even finished runs")
+    compare.add_argument(
+        "--fast",
+        action="store_true",
+        help="each model's fast recipe where it has one (the report names it; flags given "
+        "explicitly win)",
+    )
+    add_seed_flags(compare)
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchcf.runs.compare import run_compare
+    from torchcf.runs.compare import parse_seeds, run_compare
 
+    seeds = None if args.seeds is None else parse_seeds(args.seeds)
     setup_torch(args)
     report = run_compare(
         data_spec(args),
@@ -46,5 +54,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=command_line(),
         alpha=args.alpha,
+        seeds=seeds,
+        split_seeds=args.split_seeds,
+        fast=args.fast,
     )
     return 1 if report["failed"] else 0

@@ -190,4 +190,21 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-__all__ += ["add_run_flags"]
+def add_seed_flags(parser: argparse.ArgumentParser) -> None:
+    """``--seeds`` and ``--split-seeds``: train once per seed and report the spread."""
+    group = parser.add_argument_group("seeds")
+    group.add_argument(
+        "--seeds",
+        metavar="N|S,S,...",
+        help="train once per seed (5: seeds 0..4; 0,3,7: those) and report every metric as "
+        "mean ± std with a 95%% CI over seeds, and each pair's test over seeds; the split stays "
+        "fixed at --split-seed/--seed (default 0)",
+    )
+    group.add_argument(
+        "--split-seeds",
+        action="store_true",
+        help="with --seeds: vary the split's seed with the model's",
+    )
+
+
+__all__ += ["add_run_flags", "add_seed_flags"]

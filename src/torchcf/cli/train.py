@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from torchcf.cli.common import command_line, setup_torch
-from torchcf.cli.flags import add_run_flags, data_spec, overrides
+from torchcf.cli.flags import add_run_flags, add_seed_flags, data_spec, overrides
 from torchcf.errors import TorchcfError
 from torchcf.models.registry import SPECS, TRAINABLE
 
@@ -57,6 +57,7 @@ def add_parser(sub: Any) -> None:
         "--resume", action="store_true", help="continue the run in --out from its checkpoint"
     )
     o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_seed_flags(train)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise TorchcfError(f"--pretrain initialises neumf, not {args.model}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or os.path.join("runs", f"{args.model}-{stamp}"))
+    if args.seeds is not None or args.split_seeds:
+        return _seeds(args, spec, given, out, wants_pretrain)
     options = {
         "resume": args.resume,
         "overwrite": args.overwrite,
@@ -90,3 +93,35 @@ def run(args: argparse.Namespace) -> int:
         )
     run_training(spec, config, out, pretrained=pretrained, **options)
     return 0
+
+
+def _seeds(
+    args: argparse.Namespace, spec: Any, given: dict[str, Any], out: Path, pretrain: bool
+) -> int:
+    """``train --seeds``: the model once per seed in OUT/runs/seed-N, and a compare-style
+    report of the spread over seeds in OUT (report.md, results.json, curves.png)."""
+    from torchcf.runs.compare import parse_seeds, run_compare
+
+    if args.seeds is None:
+        raise TorchcfError("--split-seeds varies the split over --seeds: give --seeds too")
+    if args.resume or args.pretrain_gmf or args.pretrain_mlp:
+        raise TorchcfError(
+            "--seeds trains (or reuses) one run per seed: not with --resume, --pretrain-gmf or "
+            "--pretrain-mlp (--pretrain trains the parts per seed)"
+        )
+    if pretrain and args.fast:
+        raise TorchcfError("--fast has no pretrained-NeuMF recipe yet: drop one of them")
+    report = run_compare(
+        spec,
+        given,
+        ["neumf-pre" if pretrain else args.model],
+        out,
+        seeds=parse_seeds(args.seeds),
+        split_seeds=args.split_seeds,
+        fast=args.fast,
+        rerun=args.overwrite,
+        progress=not args.no_progress,
+        command=command_line(),
+        alpha=args.alpha,
+    )
+    return 1 if report["failed"] else 0

@@ -341,6 +341,23 @@ class NcfData:
     test_users: np.ndarray
     test_items: np.ndarray
     test_negatives: list[np.ndarray]
+    test_timestamps: np.ndarray | None = None
+
+    def all_interactions(self) -> Interactions:
+        """Training and test interactions together, as raw events (for another split); a
+        ``DataError`` when a file lacks the timestamps that split needs is the split's to say,
+        so the result has timestamps only when both files have them."""
+        train = self.train
+        both = train.timestamps is not None and self.test_timestamps is not None
+        return Interactions(
+            np.concatenate([train.users, self.test_users]),
+            np.concatenate([train.items, self.test_items]),
+            train.num_users,
+            train.num_items,
+            timestamps=np.concatenate([train.timestamps, self.test_timestamps]) if both else None,
+            user_map=train.user_map,
+            item_map=train.item_map,
+        )
 
 
 def _check_catalogue(
@@ -422,7 +439,8 @@ def load_ncf_files(files: NcfFiles, allow_cold_items: bool = False) -> NcfData:
         item_map=IdMap.identity(num_items),
     )
     _check_no_leak(files, interactions, test_users, test_items)
-    return NcfData(interactions, test_users, test_items, negatives)
+    test_times = test["timestamp"].to_numpy() if "timestamp" in test else None
+    return NcfData(interactions, test_users, test_items, negatives, test_times)
 
 
 def load_path(

@@ -18,7 +18,7 @@ from torchcf.data.interactions import Interactions
 from torchcf.data.loaders import NcfData
 from torchcf.data.sampling import sample_unseen_candidates
 from torchcf.errors import DataError
-from torchcf.settings import Settings, between, setting
+from torchcf.settings import Settings, above, between, setting
 
 __all__ = [
     "SEED",
@@ -28,6 +28,7 @@ __all__ = [
     "leave_one_out",
     "make_split",
     "ncf_split",
+    "temporal_split",
 ]
 
 
@@ -44,6 +45,24 @@ class SplitConfig(Settings):
     seed: int = setting(
         0, "random seed (initialisation, negatives, order; and the split)", check=SEED
     )
+    split_seed: int | None = setting(
+        None,
+        "seed of the split's random parts (validation items, sampled candidates) when it "
+        "differs from --seed (default: --seed)",
+        check=SEED,
+    )
+    split: str = setting(
+        "leave-one-out",
+        "leave-one-out: each user's latest interaction is test (the NCF protocol); temporal: "
+        "every interaction after a global time cut is test (needs timestamps)",
+        choices=("leave-one-out", "temporal"),
+    )
+    test_fraction: float = setting(
+        0.1,
+        "temporal split: the latest fraction of interactions (by time) that is test, and as "
+        "much again before it validation",
+        check=above(0.0, 0.5),
+    )
     eval_negatives: int = setting(
         99, "sampled candidates per held-out item", check=between(0, 10_000_000)
     )
@@ -59,6 +78,16 @@ class SplitConfig(Settings):
         "vectors) or dropped; counted in the run's notes either way",
         choices=("keep", "drop"),
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.split_seed == self.seed:  # one spelling per split: the same runs are reused
+            object.__setattr__(self, "split_seed", None)
+
+    @property
+    def random_seed(self) -> int:
+        """The seed the split's random parts are drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,16 +140,20 @@ class Split:
         return self.train.num_users
 
     def known_items(self) -> sp.csr_matrix:
-        """Users × items: training plus validation items, what full ranking of the test
-        holdout must not rank the held-out item against."""
+        """Users × items: every interaction the split holds (training, validation, test), what
+        full ranking must not rank a held-out item against (it un-masks each row's own item, so
+        a user's other held-out items of a temporal split are not counted as misses)."""
         users, items = [self.train.users], [self.train.items]
-        if self.validation is not None:
-            users.append(self.validation.users)
-            items.append(self.validation.items)
+        for holdout in (self.validation, self.test):
+            if holdout is not None:
+                users.append(holdout.users)
+                items.append(holdout.items)
         u, i = np.concatenate(users), np.concatenate(items)
-        return sp.csr_matrix(
+        known = sp.csr_matrix(
             (np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.num_users, self.num_items)
         )
+        known.sum_duplicates()
+        return known
 
     @property
     def num_items(self) -> int:
@@ -274,11 +307,16 @@ def leave_one_out(
 def make_split(data: Interactions | NcfData, config: SplitConfig) -> Split:
     """The split of ``data`` that ``config`` defines: leave-one-out of raw interactions, or the
     given test items and candidates of an NCF split."""
-    if isinstance(data, NcfData):
-        return ncf_split(
-            data, config.eval_negatives, config.validation, config.seed, config.cold_users
+    seed = config.random_seed
+    if config.split == "temporal":
+        if isinstance(data, NcfData):
+            data = data.all_interactions()
+        return temporal_split(
+            data, config.test_fraction, config.eval_negatives, config.validation, seed
         )
-    return leave_one_out(data, config.eval_negatives, config.validation, config.seed)
+    if isinstance(data, NcfData):
+        return ncf_split(data, config.eval_negatives, config.validation, seed, config.cold_users)
+    return leave_one_out(data, config.eval_negatives, config.validation, seed)
 
 
 def _cold_users(test: Holdout, train: Interactions, policy: str, notes: list[str]) -> Holdout:
@@ -378,6 +416,115 @@ def ncf_split(
         "test_users": len(test),
         "validation_users": 0 if val_holdout is None else len(val_holdout),
         "train_interactions": len(train),
+        "notes": notes,
+    }
+    return Split(train, test, val_holdout, protocol)
+
+
+def _first_events(data: Interactions) -> Interactions:
+    """One event per (user, item): the earliest (a repeat is not a new discovery)."""
+    assert data.timestamps is not None
+    order = np.lexsort((np.arange(len(data)), data.timestamps))
+    keys = data.users[order] * np.int64(data.num_items) + data.items[order]
+    _, first = np.unique(keys, return_index=True)
+    keep = np.sort(order[first])
+    return data if len(keep) == len(data) else data.subset(keep)
+
+
+def _time_cut(timestamps: np.ndarray, fraction: float) -> Any:
+    """The latest timestamp of the earliest ``1 − fraction`` of the events: later is held out."""
+    return np.quantile(timestamps, 1.0 - fraction, method="lower")
+
+
+def temporal_split(
+    data: Interactions,
+    fraction: float = 0.1,
+    num_negatives: int = 99,
+    validation: bool = True,
+    seed: int = 0,
+) -> Split:
+    """A global time cut: every interaction after the ``1 − fraction`` quantile of the
+    timestamps is test, and (``validation``) every one after the ``1 − 2·fraction`` quantile and
+    up to the test cut is validation; training is what precedes the first cut, so no training
+    interaction of any user comes after a held-out one (per-user leave-last-out lets training
+    see other users' future; Ji et al. 2023).
+
+    A held-out row is one (user, item) interaction; repeats keep their earliest event. Held-out
+    interactions of users without training history cannot be ranked by what the model learnt:
+    they are left out of the holdout and counted apart in the protocol. Candidates: the held-out
+    item + ``num_negatives`` sampled items the user never interacted with (at any time).
+    """
+    if data.timestamps is None:
+        raise DataError(
+            "--split temporal needs timestamps, and the data has none (give --time-col, or use "
+            "--split leave-one-out)"
+        )
+    if len(data) == 0:
+        raise DataError("no interactions")
+    if not 0.0 < fraction <= 0.5:
+        raise DataError(f"the temporal test fraction must be in (0, 0.5], got {fraction}")
+    data = _first_events(data)
+    notes: list[str] = []
+    num_negatives = _candidates(num_negatives, data.num_items, notes)
+    rng = np.random.default_rng(seed)
+    t = data.timestamps
+    assert t is not None
+    test_cut = _time_cut(t, fraction)
+    train_cut = _time_cut(t, 2 * fraction) if validation else test_cut
+    train = data.subset(t <= train_cut)
+    if len(train) == 0 or not (t > test_cut).any():
+        raise DataError(
+            f"the temporal cut at the {1 - fraction:.0%} time quantile leaves no training or no "
+            "test interaction (too many equal timestamps?)"
+        )
+    seen = train.user_counts() > 0
+    counts: dict[str, Any] = {}
+
+    def holdout(name: str, rows: np.ndarray) -> Holdout:
+        users, items = data.users[rows], data.items[rows]
+        warm = seen[users]
+        counts[f"{name}_cold_users"] = int(len(np.unique(users[~warm])))
+        counts[f"{name}_cold_interactions"] = int((~warm).sum())
+        return _holdout(name, data, users[warm], items[warm], num_negatives, rng)
+
+    test = holdout("test", np.flatnonzero(t > test_cut))
+    val_holdout = (
+        holdout("validation", np.flatnonzero((t > train_cut) & (t <= test_cut)))
+        if validation
+        else None
+    )
+    if len(test) == 0:
+        raise DataError("no test interaction of a user with training history after the time cut")
+    cold_items = int((train.item_counts()[test.items] == 0).sum())
+    for name in ("test", "validation") if validation else ("test",):
+        if counts[f"{name}_cold_interactions"]:
+            notes.append(
+                f"{counts[f'{name}_cold_interactions']} {name} interactions of "
+                f"{counts[f'{name}_cold_users']} users without training history: reported "
+                "apart, not in the metrics"
+            )
+    if cold_items:
+        notes.append(f"{cold_items} test interactions are of items never trained on (kept)")
+    protocol: dict[str, Any] = {
+        "split": "temporal (global time cut)",
+        "test_item": f"every interaction after the {1 - fraction:.0%} time quantile "
+        f"(timestamp > {test_cut})",
+        "validation_item": None
+        if val_holdout is None
+        else f"every interaction after the {1 - 2 * fraction:.0%} quantile (timestamp > "
+        f"{train_cut}) up to the test cut; training ends there",
+        "candidates": f"the held-out item + {num_negatives} distinct sampled items the user "
+        "never interacted with; one row per held-out interaction",
+        "eval_negatives": num_negatives,
+        "seed": seed,
+        "test_fraction": fraction,
+        "test_cut": test_cut.item(),
+        "train_cut": train_cut.item(),
+        "test_users": int(len(np.unique(test.users))),
+        "test_interactions": len(test),
+        "validation_users": 0 if val_holdout is None else int(len(np.unique(val_holdout.users))),
+        "train_interactions": len(train),
+        **counts,
         "notes": notes,
     }
     return Split(train, test, val_holdout, protocol)

@@ -5,10 +5,15 @@ For each metric: the mean difference with a paired bootstrap 95 % confidence int
 (``scipy.stats.bootstrap``, seeded), and a paired test: the exact sign test on the users whose
 hit differs (McNemar's exact form, ``scipy.stats.binomtest``) for HR, the Wilcoxon signed-rank
 test (``scipy.stats.wilcoxon``) for NDCG. ``holm`` adjusts p-values for several comparisons.
+
+Over several seeds: ``over_seeds`` summarises one model's metric (mean, standard deviation, a
+95 % t interval), ``seed_difference`` tests two models' per-seed metrics paired by seed
+(``scipy.stats.ttest_rel``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +23,16 @@ from scipy import stats
 
 from torchcf.errors import DataError
 
-__all__ = ["PairedDifference", "holm", "paired_difference", "paired_metrics"]
+__all__ = [
+    "PairedDifference",
+    "SeedDifference",
+    "SeedSummary",
+    "holm",
+    "over_seeds",
+    "paired_difference",
+    "paired_metrics",
+    "seed_difference",
+]
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,7 @@ def paired_metrics(
     """HR@k and NDCG@k differences of two runs' per-user tables, per (holdout, protocol) both
     have, paired by user (a user missing from one table is an error: not the same split)."""
     out: dict[tuple[str, str], list[PairedDifference]] = {}
-    keys = ["holdout", "protocol", "user"]
+    keys = ["holdout", "protocol", "user", "item"]
     joined = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
     if (joined["_merge"] != "both").any():
         raise DataError("the runs were not evaluated on the same users: not the same split")
@@ -131,3 +145,76 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted.tolist()
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """One metric over seeds: mean, sample standard deviation and the 95 % t interval of the
+    mean (``nan`` with a single seed)."""
+
+    seeds: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        """``0.7046 ± 0.0031 [0.7007, 0.7085]`` (the mean alone for one seed)."""
+        if self.seeds < 2:
+            return f"{self.mean:.4f}"
+        return f"{self.mean:.4f} ± {self.std:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}]"
+
+
+def over_seeds(values: Sequence[float] | np.ndarray) -> SeedSummary:
+    """``values`` (one per seed) as mean ± std with a 95 % confidence interval of the mean."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or not len(x):
+        raise DataError("over_seeds needs one value per seed")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return SeedSummary(1, mean, float("nan"), float("nan"), float("nan"))
+    std = float(x.std(ddof=1))
+    if std == 0.0:
+        return SeedSummary(len(x), mean, 0.0, mean, mean)
+    low, high = stats.t.interval(0.95, len(x) - 1, loc=mean, scale=std / np.sqrt(len(x)))
+    return SeedSummary(len(x), mean, std, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class SeedDifference:
+    """``a − b`` of one metric paired by seed: the mean difference, its 95 % t interval and the
+    paired t-test's p-value (``nan`` below two seeds)."""
+
+    metric: str
+    seeds: int
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_difference(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, metric: str
+) -> SeedDifference:
+    """Two models' metric, one value per seed in the same seed order: ``ttest_rel``."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or not len(x):
+        raise DataError(f"seed values need the same seeds, got {x.shape} and {y.shape}")
+    diff = x - y
+    delta = float(diff.mean())
+    if len(x) < 2:
+        return SeedDifference(metric, 1, delta, float("nan"), float("nan"), float("nan"))
+    if np.all(diff == diff[0]):  # no spread: the t statistic is undefined
+        p = 1.0 if delta == 0.0 else 0.0
+        return SeedDifference(metric, len(x), delta, delta, delta, p)
+    result = stats.ttest_rel(x, y)
+    ci = result.confidence_interval(0.95)
+    return SeedDifference(
+        metric, len(x), delta, float(ci.low), float(ci.high), float(result.pvalue)
+    )
