@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +184,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_real_server_over_http(run, rec):
+@contextlib.contextmanager
+def running_server(run: Path) -> Iterator[str]:
+    """``torchcf serve run`` on a free loopback port, up (``/health`` answers); its base URL."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "torchcf", "serve", str(run), "--port", str(port)],
@@ -201,6 +205,14 @@ def test_real_server_over_http(run, rec):
                 assert server.poll() is None, server.stderr.read() if server.stderr else ""
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_real_server_over_http(run, rec):
+    with running_server(run) as base:
         with urllib.request.urlopen(f"{base}/recommend?user=2&k=4", timeout=10) as response:
             body = json.load(response)
         assert [row["item"] for row in body["items"]] == rec.recommend(2, k=4)[0].tolist()
@@ -208,9 +220,6 @@ def test_real_server_over_http(run, rec):
             urllib.request.urlopen(f"{base}/recommend?user=999", timeout=10)
         assert missing.value.code == 404
         assert json.load(missing.value)["detail"] == "unknown user 999"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 HUGE = "99999999999999999999999"

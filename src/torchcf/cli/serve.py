@@ -43,6 +43,32 @@ def run(args: argparse.Namespace) -> int:
         raise TorchcfError("--threads and --max-k must be positive, --port in 1–65535")
     torch.set_num_threads(args.threads)
     rec = Recommender.load(args.run, unknown_user=args.unknown_user, titles=args.titles)
-    print(f"serving {rec.name} from {args.run} on http://{args.host}:{args.port} (docs: /docs)")
-    serve(rec, host=args.host, port=args.port, log_level=args.log_level, max_k=args.max_k)
+    history = _history(args.run)
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {rec.name} from {args.run} on {where} (page: /, docs: /docs)")
+    serve(
+        rec,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        max_k=args.max_k,
+        history=history,
+    )
     return 0
+
+
+def _history(run: str) -> Any:
+    """The page's user histories and held-out items from the run's rebuilt split; ``None``
+    (the model's own training matrix, no held-out items) when that cannot be had, said once."""
+    from torchcf.runs.evaluate import load_run_split
+    from torchcf.runs.rundir import RunDir
+    from torchcf.serving.explore import History
+
+    directory = RunDir(run)
+    if not directory.config_file.exists():
+        return None
+    try:
+        return History.from_split(load_run_split(run, directory.read_config()))
+    except TorchcfError as exc:
+        print(f"the page shows no held-out items: {exc}")
+        return None

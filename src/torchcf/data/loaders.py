@@ -244,20 +244,39 @@ def _unix_seconds(col: pd.Series, path: Path, name: str) -> pd.Series:
     return (stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
 
 
-def load_titles(path: str | Path) -> dict[Any, str]:
-    """Titles from ML-1M ``movies.dat`` (``id::title::genres``) or ML-100K ``u.item`` (``|``)."""
+# ML-100K's u.item ends with 19 genre flags in this order (its u.genre file)
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+
+
+def load_item_info(path: str | Path) -> dict[Any, tuple[str, str]]:
+    """Title and genres (``"Action|Comedy"``, ``""`` when not given) of each item id, from
+    ML-1M ``movies.dat`` (``id::title::genres``) or ML-100K ``u.item`` (``|``, genre flags)."""
     path = _require_file(Path(path))
     sep = "::" if path.name.endswith(".dat") else "|"
     text = path.read_bytes().decode("latin-1")
-    titles: dict[Any, str] = {}
+    info: dict[Any, tuple[str, str]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split(sep)
         if len(parts) < 2 or not parts[0].strip().isdigit():
             raise DataError(f"{path}: line {number}: expected 'id{sep}title{sep}...'")
-        titles[int(parts[0])] = parts[1]
-    return titles
+        if sep == "::":
+            genres = parts[2].strip() if len(parts) > 2 else ""
+        else:
+            flags = parts[-len(ML100K_GENRES) :] if len(parts) >= 5 + len(ML100K_GENRES) else []
+            genres = "|".join(g for g, f in zip(ML100K_GENRES, flags, strict=False) if f == "1")
+        info[int(parts[0])] = (parts[1], genres)
+    return info
+
+
+def load_titles(path: str | Path) -> dict[Any, str]:
+    """Titles from ML-1M ``movies.dat`` (``id::title::genres``) or ML-100K ``u.item`` (``|``)."""
+    return {item: title for item, (title, _) in load_item_info(path).items()}
 
 
 def load_title_map(path: str | Path) -> dict[int, int]:

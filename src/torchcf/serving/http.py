@@ -1,7 +1,9 @@
 """HTTP service over a ``Recommender``: FastAPI app factory and the uvicorn runner.
 
 Endpoints: ``GET /recommend``, ``POST /recommend`` (users, or items for fold-in), ``GET /similar``,
-``GET /health``, ``GET /model`` and the OpenAPI docs at ``/docs``. Bad input never reaches the
+``GET /health``, ``GET /model`` and the OpenAPI docs at ``/docs``; the page at ``GET /`` and the
+JSON it reads (``GET /explore/user``, ``/explore/random-user``, ``/explore/items``,
+``/explore/item``), answered by the same ``Recommender``. Bad input never reaches the
 model as a 500: unknown ids are 404 with ``{"detail": ...}``, invalid parameters and malformed JSON
 are 422, bodies over ``max_body_bytes`` are 413. The model is loaded once, before the app exists.
 """
@@ -11,12 +13,14 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from torchcf import __version__
 from torchcf.errors import TorchcfError, UnknownIdError
+from torchcf.serving.explore import Explorer, History
+from torchcf.serving.page import page
 from torchcf.serving.recommender import Recommender
 
 __all__ = ["create_app", "serve"]
@@ -128,9 +132,14 @@ def _items(rec: Recommender, ids: np.ndarray, scores: np.ndarray) -> list[Recomm
 
 
 def create_app(
-    rec: Recommender, max_k: int = 1000, max_batch: int = 1000, max_body_bytes: int = 1_000_000
+    rec: Recommender,
+    max_k: int = 1000,
+    max_batch: int = 1000,
+    max_body_bytes: int = 1_000_000,
+    history: History | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``rec``: k ≤ ``max_k``, ≤ ``max_batch`` users/items per request."""
+    """The FastAPI app serving ``rec``: k ≤ ``max_k``, ≤ ``max_batch`` users/items per request;
+    ``history`` (the run's split) gives the page users' histories and held-out items."""
     app = FastAPI(
         title="torchcf",
         version=__version__,
@@ -155,6 +164,33 @@ def create_app(
     @app.exception_handler(TorchcfError)
     async def bad_input(request: Request, exc: TorchcfError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    explorer = Explorer(rec, history or History.from_seen(rec.seen))
+    Text = Annotated[str, Query(min_length=1, max_length=200)]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home() -> HTMLResponse:
+        return HTMLResponse(page(rec.name))
+
+    @app.get("/explore/user")
+    def explore_user(user: Text, k: K = 10) -> dict[str, Any]:
+        return explorer.user(user, k=k)
+
+    @app.get("/explore/random-user")
+    def explore_random_user() -> dict[str, Any]:
+        return {"user": explorer.random_user()}
+
+    @app.get("/explore/items")
+    def explore_items(
+        q: Annotated[str, Query(max_length=200)] = "",
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> list[dict[str, Any]]:
+        return explorer.search(q, limit)
+
+    @app.get("/explore/item")
+    def explore_item(item: Text) -> dict[str, Any]:
+        index = int(rec.item_map.to_index(np.array([item]), what="item")[0])
+        return explorer.item(index)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -213,8 +249,10 @@ def serve(
     port: int = 8000,
     log_level: str = "warning",
     max_k: int = 1000,
+    history: History | None = None,
 ) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(rec, max_k=max_k), host=host, port=port, log_level=log_level)
+    app = create_app(rec, max_k=max_k, history=history)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 from torch.func import functional_call
 
-from torchcf.data.loaders import load_title_map, load_titles
+from torchcf.data.loaders import load_item_info, load_title_map
 from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation.protocols import rows_mask
 from torchcf.models.base import FittedModel, ScoringModel
@@ -63,6 +63,7 @@ class Recommender:
         unknown_user: str = "error",
         titles: dict[Any, str] | None = None,
         fold_in: FoldIn | None = None,
+        genres: dict[Any, str] | None = None,
     ) -> None:
         if unknown_user not in UNKNOWN_USER_POLICIES:
             raise ConfigError(
@@ -77,6 +78,7 @@ class Recommender:
         self.unknown_user = unknown_user
         self.fold_in = fold_in or FoldIn()
         self._titles = titles
+        self._genres = genres
         self.popularity = np.asarray(self.seen.sum(axis=0)).ravel().astype(np.float32)
         tensors = [*self.model.parameters(), *self.model.buffers()]
         self.device = tensors[0].device if tensors else torch.device("cpu")
@@ -93,7 +95,15 @@ class Recommender:
         """Load a run (or model) directory. ``titles``: a ``movies.dat``/``u.item`` file; by
         default the one recorded at training time, if it is still there."""
         loaded = load_model(path, device=device)
-        return cls(loaded, unknown_user=unknown_user, titles=_find_titles(loaded, titles))
+        info = _find_item_info(loaded, titles)
+        if info is None:
+            return cls(loaded, unknown_user=unknown_user)
+        return cls(
+            loaded,
+            unknown_user=unknown_user,
+            titles={item: title for item, (title, _) in info.items()},
+            genres={item: genres for item, (_, genres) in info.items()},
+        )
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -208,6 +218,12 @@ class Recommender:
             return [None] * len(np.atleast_1d(item_ids))
         return [self._titles.get(_plain(i)) for i in np.atleast_1d(item_ids)]
 
+    def genres(self, item_ids: Any) -> list[str | None]:
+        """Genres (``"Action|Comedy"``) of external item ids, ``None`` where unknown."""
+        if self._genres is None:
+            return [None] * len(np.atleast_1d(item_ids))
+        return [self._genres.get(_plain(i)) for i in np.atleast_1d(item_ids)]
+
     def rows(self, item_ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         """One 1-D result as ``[{"item", "score", "title"}]``, short-list padding dropped."""
         keep = np.isfinite(scores)
@@ -305,15 +321,18 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _find_titles(loaded: LoadedModel, titles: str | Path | None) -> dict[Any, str] | None:
-    """Titles keyed by the model's external item ids, from ``titles`` or the training source."""
+def _find_item_info(
+    loaded: LoadedModel, titles: str | Path | None
+) -> dict[Any, tuple[str, str]] | None:
+    """Title and genres keyed by the model's external item ids, from ``titles`` or the
+    training source's title file."""
     source = loaded.metadata.get("source") or {}
     if titles is None:
         recorded = source.get("titles")
         if not recorded or not Path(recorded).exists():
             return None
         titles = recorded
-    by_movie = load_titles(titles)
+    by_movie = load_item_info(titles)
     id_map = source.get("title_ids")  # NCF splits renumber items: their ids → MovieID
     if id_map and Path(id_map).exists():
         return {
