@@ -18,9 +18,11 @@ from test_recommend import GROUPS, train_run, write_planted
 from test_serve import running_server
 from torchcf.data.sources import DataSpec, load_split
 from torchcf.runs.rundir import RunDir
+from torchcf.runs.train import run_training
 from torchcf.serving.explore import History
 from torchcf.serving.http import create_app
 from torchcf.serving.recommender import Recommender
+from torchcf.training.config import recipe
 
 K = 5
 
@@ -30,6 +32,16 @@ def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("page")
     data = planted(num_users=40, num_items=30, groups=GROUPS, per_user=6)
     return train_run(write_planted(root / "data", data), root / "gmf", epochs=8)
+
+
+@pytest.fixture(scope="module")
+def other(run) -> Path:
+    """A second run on the same data (EASE), for the side-by-side view."""
+    config = RunDir(run).read_config()
+    out = run.parent / "ease"
+    run_training(config.data, recipe("ease", {"eval_negatives": 20}), out, progress=False,
+                 echo=lambda _: None)  # fmt: skip
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +115,22 @@ def test_search_random_user_item_and_bad_input(client):
         assert response.status_code == 404 and "unknown" in response.json()["detail"]
     for params in ({"user": 3, "k": 0}, {"user": ""}):
         assert client.get("/explore/user", params=params).status_code == 422
+
+
+def test_two_runs_side_by_side_over_the_api(run, other, history):
+    client = TestClient(
+        create_app(Recommender.load(run), history=history, other=(Recommender.load(other), None))
+    )
+    assert client.get("/explore/runs").json() == [
+        {"run": 0, "model": "gmf"},
+        {"run": 1, "model": "ease"},
+    ]
+    b = client.get("/explore/user", params={"user": 3, "k": K, "run": 1}).json()
+    want = Recommender.load(other).recommend(3, k=K)[0].tolist()
+    assert [r["item"] for r in b["recommendations"]] == want
+    assert client.get("/explore/model", params={"run": 1}).json()["model"] == "ease"
+    assert client.get("/recommend", params={"user": 3}).json()["items"]  # the API: run A's
+    assert client.get("/explore/user", params={"user": 3, "run": 2}).status_code == 422
 
 
 def test_a_bare_model_directory_serves_the_page_without_held_out_items(run):
@@ -239,3 +267,30 @@ def test_the_page_in_a_real_browser(server, browser, shots, client):
     for name in ("user", "unknown-user", "new-user", "item", "run"):
         assert (shots / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     print(f"screenshots in {shots}")
+
+
+def test_two_runs_side_by_side_in_a_real_browser(run, other, browser, shots):
+    from selenium.webdriver.common.by import By
+
+    client = TestClient(create_app(Recommender.load(run), other=(Recommender.load(other), None)))
+    lists = [
+        {r["item"] for r in client.get("/explore/user", params={"user": 3, "k": K, "run": i})
+         .json()["recommendations"]}
+        for i in (0, 1)
+    ]  # fmt: skip
+    with running_server(run, other) as base:
+        browser.get(f"{base}/#user/3")
+        k = browser.find_element(By.ID, "k")
+        k.clear()
+        k.send_keys(str(K))
+        browser.find_element(By.ID, "show-user").click()
+        _wait(browser, lambda b: _count(b, "#recommendations li") == K
+              and _count(b, "#recommendations-b li") == K)  # fmt: skip
+        both = len(lists[0] & lists[1])
+        assert _count(browser, "#recommendations li.both") == both
+        assert _count(browser, "#recommendations-b li.both") == both
+        headings = _texts(browser, "section.card h2")
+        assert headings[0].startswith("A: gmf") and headings[1].startswith("B: ease")
+        browser.save_screenshot(str(shots / "side-by-side.png"))
+        browser.find_element(By.ID, "nav-run").click()
+        _wait(browser, lambda b: "ease" in b.find_element(By.ID, "model-card-b").text)

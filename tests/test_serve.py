@@ -185,11 +185,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(run: Path) -> Iterator[str]:
-    """``torchcf serve run`` on a free loopback port, up (``/health`` answers); its base URL."""
+def running_server(*runs: Path) -> Iterator[str]:
+    """``torchcf serve RUN...`` on a free loopback port, up (``/health`` answers); its base URL."""
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "torchcf", "serve", str(run), "--port", str(port)],
+        [sys.executable, "-m", "torchcf", "serve", *map(str, runs), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

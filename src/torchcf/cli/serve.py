@@ -16,7 +16,12 @@ def add_parser(sub: Any) -> None:
         help="HTTP service: /recommend, /similar, /model, /health, /docs",
         description="Serve a trained model over HTTP (FastAPI + uvicorn).",
     )
-    srv.add_argument("run", metavar="RUN_DIR", help="a run directory (or its model/)")
+    srv.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="a run directory (or its model/); a second one is shown beside it on the page",
+    )
     srv.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     srv.add_argument("--port", type=int, default=8000, help="default 8000")
     srv.add_argument(
@@ -42,10 +47,17 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1 or args.max_k < 1 or not 0 < args.port < 65536:
         raise TorchcfError("--threads and --max-k must be positive, --port in 1–65535")
     torch.set_num_threads(args.threads)
-    rec = Recommender.load(args.run, unknown_user=args.unknown_user, titles=args.titles)
-    history = _history(args.run)
+    if len(args.runs) > 2:
+        raise TorchcfError(f"serve takes one run, or two for the page; got {len(args.runs)}")
+    loaded = [
+        (Recommender.load(r, unknown_user=args.unknown_user, titles=args.titles), _history(r))
+        for r in args.runs
+    ]
+    rec, history = loaded[0]
     where = f"http://{args.host}:{args.port}"
-    print(f"serving {rec.name} from {args.run} on {where} (page: /, docs: /docs)")
+    print(f"serving {rec.name} from {args.runs[0]} on {where} (page: /, docs: /docs)")
+    if len(loaded) > 1:
+        print(f"the page shows {loaded[1][0].name} from {args.runs[1]} beside it")
     serve(
         rec,
         host=args.host,
@@ -53,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         max_k=args.max_k,
         history=history,
+        other=loaded[1] if len(loaded) > 1 else None,
     )
     return 0
 

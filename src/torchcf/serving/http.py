@@ -3,9 +3,10 @@
 Endpoints: ``GET /recommend``, ``POST /recommend`` (users, or items for fold-in), ``GET /similar``,
 ``GET /health``, ``GET /model`` and the OpenAPI docs at ``/docs``; the page at ``GET /`` and the
 JSON it reads (``GET /explore/user``, ``/explore/random-user``, ``/explore/items``,
-``/explore/item``), answered by the same ``Recommender``. Bad input never reaches the
-model as a 500: unknown ids are 404 with ``{"detail": ...}``, invalid parameters and malformed JSON
-are 422, bodies over ``max_body_bytes`` are 413. The model is loaded once, before the app exists.
+``/explore/item``, ``/explore/runs``, ``/explore/model``), answered by the same ``Recommender``.
+Bad input never reaches the model as a 500: unknown ids are 404 with ``{"detail": ...}``,
+invalid parameters and malformed JSON are 422, bodies over ``max_body_bytes`` are 413. The model
+is loaded once, before the app exists.
 """
 
 from typing import Annotated, Any
@@ -137,9 +138,11 @@ def create_app(
     max_batch: int = 1000,
     max_body_bytes: int = 1_000_000,
     history: History | None = None,
+    other: tuple[Recommender, History | None] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``rec``: k ≤ ``max_k``, ≤ ``max_batch`` users/items per request;
-    ``history`` (the run's split) gives the page users' histories and held-out items."""
+    ``history`` (the run's split) gives the page users' histories and held-out items; ``other``
+    (a second run and its history) is shown beside it on the page (the JSON API is ``rec``'s)."""
     app = FastAPI(
         title="torchcf",
         version=__version__,
@@ -165,16 +168,28 @@ def create_app(
     async def bad_input(request: Request, exc: TorchcfError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    explorer = Explorer(rec, history or History.from_seen(rec.seen))
+    explorers = [Explorer(rec, history or History.from_seen(rec.seen))]
+    if other is not None:
+        explorers.append(Explorer(other[0], other[1] or History.from_seen(other[0].seen)))
+    explorer = explorers[0]
     Text = Annotated[str, Query(min_length=1, max_length=200)]
+    Run = Annotated[int, Query(ge=0, le=len(explorers) - 1, description="0: the first run")]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:
-        return HTMLResponse(page(rec.name))
+        return HTMLResponse(page(" vs ".join(e.rec.name for e in explorers)))
+
+    @app.get("/explore/runs")
+    def explore_runs() -> list[dict[str, Any]]:
+        return [{"run": i, "model": e.rec.name} for i, e in enumerate(explorers)]
+
+    @app.get("/explore/model")
+    def explore_model(run: Run = 0) -> dict[str, Any]:
+        return explorers[run].rec.card()
 
     @app.get("/explore/user")
-    def explore_user(user: Text, k: K = 10) -> dict[str, Any]:
-        return explorer.user(user, k=k)
+    def explore_user(user: Text, k: K = 10, run: Run = 0) -> dict[str, Any]:
+        return explorers[run].user(user, k=k)
 
     @app.get("/explore/random-user")
     def explore_random_user() -> dict[str, Any]:
@@ -250,9 +265,10 @@ def serve(
     log_level: str = "warning",
     max_k: int = 1000,
     history: History | None = None,
+    other: tuple[Recommender, History | None] | None = None,
 ) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(rec, max_k=max_k, history=history)
+    app = create_app(rec, max_k=max_k, history=history, other=other)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -2,6 +2,7 @@
 const $ = (id) => document.getElementById(id);
 const views = ["user", "new", "item", "run"];
 let picked = [];
+let runs = [{ run: 0, model: "" }];
 
 function el(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -55,25 +56,23 @@ function kValue() {
   return Number.isFinite(k) && k > 0 ? k : 10;
 }
 
-async function loadUser(user) {
-  show("user");
-  $("user-id").value = user;
-  $("user-result").replaceChildren();
-  say("");
-  let data;
-  try {
-    data = await api("/explore/user?user=" + encodeURIComponent(user) + "&k=" + kValue());
-  } catch (err) { say(err.message); return; }
-  const recs = el("ol", { id: "recommendations" });
+function recommendationSection(data, index, lists) {
+  const both = runs.length > 1 ? lists[1 - index] : new Set();
+  const recs = el("ol", { id: index === 0 ? "recommendations" : "recommendations-b" });
   for (const r of data.recommendations) {
-    const li = el("li", { class: "rec" }, itemLink(r.item, r.title),
-      el("span", { class: "score", text: r.score.toFixed(3) }));
-    if (r.held_out) li.append(el("span", { class: "badge " + r.held_out, text: "held-out " + r.held_out + " item" }));
+    const li = el("li", { class: both.has(String(r.item)) ? "rec both" : "rec" },
+      itemLink(r.item, r.title), el("span", { class: "score", text: r.score.toFixed(3) }));
+    if (both.has(String(r.item))) li.append(el("span", { class: "badge both", text: "in both lists" }));
+    if (r.held_out) {
+      li.append(el("span", { class: "badge " + r.held_out, text: "held-out " + r.held_out + " item" }));
+    }
     if (r.genres) li.append(el("div", { class: "genres", text: r.genres.replaceAll("|", " · ") }));
-    if (r.because && r.because.length) li.append(el("div", { class: "why", text: "because you watched " + r.because.join(", ") }));
+    if (r.because && r.because.length) {
+      li.append(el("div", { class: "why", text: "because you watched " + r.because.join(", ") }));
+    }
     recs.append(li);
   }
-  const verdicts = el("div", { id: "held-out" });
+  const verdicts = el("div", { class: "held-out" });
   for (const h of data.held_out) {
     const made = h.position != null;
     verdicts.append(el("p", {},
@@ -81,20 +80,42 @@ async function loadUser(user) {
       el("span", { class: "verdict " + (made ? "hit" : "miss"),
         text: made ? " — in the list at #" + h.position : " — not in the top " + data.k })));
   }
-  if (!data.held_out.length) verdicts.append(el("p", { class: "note", text: "No held-out item known for this user." }));
+  if (!data.held_out.length) {
+    verdicts.append(el("p", { class: "note", text: "No held-out item known for this user." }));
+  }
+  const title = (runs.length > 1 ? "ABCD"[index] + ": " + runs[index].model + ", top " : "Top ")
+    + data.k + " for user " + data.user;
+  return el("section", { class: "card" }, el("h2", { text: title }), verdicts, recs);
+}
+
+function historySection(data) {
   const history = el("ol", { id: "history" });
   for (const h of data.history) {
     const li = el("li", {}, itemLink(h.item, h.title));
     if (h.genres) li.append(el("span", { class: "genres", text: "  " + h.genres.replaceAll("|", " · ") }));
     history.append(li);
   }
-  $("user-result").append(el("div", { class: "columns" },
-    el("section", { class: "card" }, el("h2", { text: "Top " + data.k + " for user " + data.user }), verdicts, recs),
-    el("section", { class: "card" },
-      el("h2", { text: "History (" + data.history_total + " items)" }),
-      el("p", { class: "note", text: "Order: " + data.history_order + "." }),
-      history,
-      data.history_total > data.history.length ? el("p", { class: "note", text: "showing the first " + data.history.length }) : null)));
+  const more = data.history_total > data.history.length
+    ? el("p", { class: "note", text: "showing the first " + data.history.length }) : null;
+  return el("section", { class: "card" },
+    el("h2", { text: "History (" + data.history_total + " items)" }),
+    el("p", { class: "note", text: "Order: " + data.history_order + "." }), history, more);
+}
+
+async function loadUser(user) {
+  show("user");
+  $("user-id").value = user;
+  $("user-result").replaceChildren();
+  say("");
+  let views;
+  try {
+    views = await Promise.all(runs.map((r) => api("/explore/user?user=" + encodeURIComponent(user)
+      + "&k=" + kValue() + "&run=" + r.run)));
+  } catch (err) { say(err.message); return; }
+  const lists = views.map((v) => new Set(v.recommendations.map((r) => String(r.item))));
+  const sections = views.map((data, i) => recommendationSection(data, i, lists));
+  const layout = runs.length > 1 ? "columns three" : "columns";
+  $("user-result").append(el("div", { class: layout }, ...sections, historySection(views[0])));
 }
 
 async function randomUser() {
@@ -170,28 +191,37 @@ function row(name, value) {
   return el("tr", {}, el("td", { text: name }), el("td", { text: value == null ? "—" : String(value) }));
 }
 
-async function loadRun() {
-  show("run");
-  say("");
-  const out = $("run-result");
-  out.replaceChildren();
-  let card;
-  try { card = await api("/model"); } catch (err) { say(err.message); return; }
-  const table = el("table", { class: "kv", id: "model-card" });
+function modelCard(card, index) {
+  const table = el("table", { class: "kv", id: index === 0 ? "model-card" : "model-card-b" });
   const source = card.source || {};
   const protocol = card.protocol || {};
   const selected = (card.metrics || {}).selected || {};
+  const epoch = selected.epoch != null ? selected.epoch + " (by " + selected.by + ")" : null;
   table.append(row("model", card.model), row("users × items", card.num_users + " × " + card.num_items),
     row("data", source.path || source.dataset), row("split", protocol.split),
-    row("candidates", protocol.candidates), row("selected epoch", selected.epoch != null ? selected.epoch + " (by " + selected.by + ")" : null));
-  for (const [name, value] of Object.entries(selected.test || {})) if (name.includes("@")) table.append(row("test " + name, Number(value).toFixed(4)));
+    row("candidates", protocol.candidates), row("selected epoch", epoch));
+  for (const [name, value] of Object.entries(selected.test || {})) {
+    if (name.includes("@")) table.append(row("test " + name, Number(value).toFixed(4)));
+  }
   const hp = card.hparams || {};
   if (hp.parts) {
     hp.parts.forEach((part, i) => table.append(row("part " + (i + 1), part.model + " × weight " + hp.weights[i])));
   } else {
     for (const [name, value] of Object.entries(hp)) table.append(row(name, value));
   }
-  out.append(el("section", { class: "card" }, el("h2", { text: "The run" }), table));
+  const title = runs.length > 1 ? "ABCD"[index] + ": the run" : "The run";
+  return el("section", { class: "card" }, el("h2", { text: title }), table);
+}
+
+async function loadRun() {
+  show("run");
+  say("");
+  const out = $("run-result");
+  out.replaceChildren();
+  let cards;
+  try { cards = await Promise.all(runs.map((r) => api("/explore/model?run=" + r.run))); }
+  catch (err) { say(err.message); return; }
+  out.append(el("div", { class: runs.length > 1 ? "columns two" : "" }, ...cards.map(modelCard)));
 }
 
 function route() {
@@ -206,7 +236,7 @@ function route() {
   else { show("user"); say(""); }
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   $("user-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const user = $("user-id").value.trim();
@@ -226,5 +256,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("fold-in").addEventListener("click", foldIn);
   window.addEventListener("hashchange", route);
   renderPicked();
+  try { runs = await api("/explore/runs"); } catch (err) { say(err.message); }
   route();
 });
