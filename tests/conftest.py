@@ -151,7 +151,7 @@ def kernel():
     """The compiled kernel module. Where it does not build, the test is skipped with the
     build's own error, or, where the README promises the kernel (``TORCHCF_REQUIRE_KERNEL=1``,
     as ``.ci/run`` sets), it fails with it."""
-    from torchcf.training import native
+    from torchcf import native
 
     module = native.load()
     if module is None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import planted
+from conftest import needs_kernel, planted
 from torchcf.data.split import leave_one_out
 from torchcf.models.baselines import EASE, IALS, ItemKNN, Pop
 from torchcf.models.registry import SPECS, build_model
@@ -208,6 +208,22 @@ def test_mf_with_biases_scores_trains_and_round_trips(split, tmp_path):
     again = load_model(tmp_path / "m").model
     assert again.hparams()["biases"] is True
     torch.testing.assert_close(again.score_all(users), model.score_all(users))
+
+
+@needs_kernel
+@pytest.mark.parametrize("dim", [6, 32, 64])  # a run-time width, and compiled-in widths
+def test_the_compiled_ials_sweep_equals_the_tensor_ops(split, dim):
+    """The kernel's conjugate-gradient steps (rows in parallel) are the tensor-op steps."""
+    settings = {"embedding_dim": dim, "l2": 0.01, "unobserved_weight": 0.2, "cg_steps": 3}
+    compiled = IALS(split.num_users, split.num_items, **settings)
+    tensors = IALS(split.num_users, split.num_items, **settings)
+    tensors.load_state_dict(compiled.state_dict())
+    tensors.use_kernel = False
+    for epoch in (1, 2, 3):
+        compiled.fit_epoch(split.train, epoch)
+        tensors.fit_epoch(split.train, epoch)
+    for name, value in tensors.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-4, atol=1e-5)
 
 
 def test_ials_conjugate_gradient_converges_to_the_exact_solve(split):

@@ -12,8 +12,8 @@ from conftest import (
     random_batches,
     tower_forward,
 )
+from torchcf import native
 from torchcf.models.registry import build_model
-from torchcf.training import native
 from torchcf.training.config import TrainConfig
 from torchcf.training.losses import bce_with_logits
 from torchcf.training.steps import (

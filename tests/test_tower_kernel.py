@@ -14,9 +14,9 @@ from conftest import (
     random_batches,
     tower_forward,
 )
+from torchcf import native
 from torchcf.models.layers import Dropout, dropout_keep
 from torchcf.models.registry import build_model
-from torchcf.training import native
 from torchcf.training.config import TrainConfig
 from torchcf.training.steps import (
     AutogradStep,

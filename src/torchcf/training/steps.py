@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from torchcf import native
 from torchcf.errors import ConfigError
 from torchcf.models.base import ScoringModel
 from torchcf.models.layers import DotLayout, Dropout, TowerLayout
-from torchcf.training import native
 from torchcf.training.losses import LOSSES
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from torchcf import native
 from torchcf.data.interactions import Interactions
 from torchcf.models.base import (
     FITTED_TRAINING,
@@ -58,6 +59,7 @@ class IALS(FittedModel):
     name = "ials"
     Config = IALSConfig
     max_epochs = None
+    use_kernel = True  # the compiled CG sweep where it is built (tests compare both paths)
 
     def __init__(
         self,
@@ -105,31 +107,56 @@ class IALS(FittedModel):
         return (h @ user).float()
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
-        csr = train.deduplicate().csr
-        solve = self._solve if self.solver == "exact" else self._conjugate_gradient
-        solve(self.user_embedding.weight, self.item_embedding.weight, csr)
-        solve(self.item_embedding.weight, self.user_embedding.weight, csr.T.tocsr())
+        by_user, by_item = self._matrices(train)
+        users, items = self.user_embedding.weight, self.item_embedding.weight
+        if self.solver == "exact":
+            self._solve(users, items, by_user.csr)
+            self._solve(items, users, by_item.csr)
+        else:
+            self._conjugate_gradient(users, items, by_user)
+            self._conjugate_gradient(items, users, by_item)
         return math.nan
 
+    def _matrices(self, train: Interactions) -> tuple[Rows, Rows]:
+        """``train``'s users × items rows and items × users rows, made once per training set."""
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] is not train:
+            csr = train.deduplicate().csr
+            cached = self._cached = (train, Rows.of(csr), Rows.of(csr.T.tocsr()))
+        return cached[1], cached[2]
+
     @torch.no_grad()
-    def _conjugate_gradient(self, target: torch.Tensor, fixed: torch.Tensor, csr: Any) -> None:
+    def _conjugate_gradient(self, target: torch.Tensor, fixed: torch.Tensor, rows: Rows) -> None:
         """``cg_steps`` conjugate-gradient steps on every row's system, warm-started from the
         current rows (as implicit does): ``A x = α₀HᵀH x + Σ_{i∈I_u} h_i (h_iᵀx) + λ_u x`` is
-        applied without forming ``A``, so a sweep costs ``O(nnz·d)`` instead of ``O(nnz·d²)``."""
-        f = fixed.detach().float()
-        d = f.shape[1]
+        applied without forming ``A``, so a sweep costs ``O(nnz·d)`` instead of ``O(nnz·d²)``.
+        The compiled kernel (``torchcf.native``) runs the rows in parallel, each in cache; where
+        it is not built, the same steps run as tensor ops over chunks of rows."""
+        f = fixed.detach().float().contiguous()
         gram = self.unobserved_weight * (f.T @ f)
-        counts = np.diff(csr.indptr)
-        reg = torch.as_tensor(
-            self.l2 * (counts + self.unobserved_weight * len(f)), dtype=torch.float32
-        )
-        indices = torch.as_tensor(csr.indices, dtype=torch.long)
+        reg = (self.l2 * (rows.counts + self.unobserved_weight * len(f))).float()
+        kernel = native.load() if target.device.type == "cpu" and self.use_kernel else None
+        if kernel is not None and target.dtype == torch.float32 and target.is_contiguous():
+            kernel.ials_cg(
+                target, f, gram.contiguous(), rows.indptr, rows.indices, reg, self.cg_steps
+            )
+            return
+        self._tensor_cg(target, f, gram, reg, rows)
+
+    def _tensor_cg(
+        self, target: torch.Tensor, f: torch.Tensor, gram: torch.Tensor, reg: torch.Tensor,
+        rows: Rows,
+    ) -> None:  # fmt: skip
+        """``_conjugate_gradient`` as tensor ops, rows in chunks of about 2^23 entries."""
+        d = f.shape[1]
+        indptr, indices = rows.csr.indptr, rows.indices
+        counts = np.diff(indptr)
         budget = max(1, 2**23 // d)  # observed entries per chunk
         start = 0
         while start < len(counts):
-            stop = int(np.searchsorted(csr.indptr, csr.indptr[start] + budget, side="right")) - 1
+            stop = int(np.searchsorted(indptr, indptr[start] + budget, side="right")) - 1
             stop = min(max(stop, start + 1), len(counts))
-            lo, hi = int(csr.indptr[start]), int(csr.indptr[stop])
+            lo, hi = int(indptr[start]), int(indptr[stop])
             row_of = torch.as_tensor(np.repeat(np.arange(stop - start), counts[start:stop]))
             h = f[indices[lo:hi]]
             lam = reg[start:stop, None]
@@ -191,6 +218,22 @@ class IALS(FittedModel):
             systems += reg[start:stop, None, None] * eye
             rhs = (x @ f).double()
             target[start:stop] = torch.linalg.solve(systems, rhs).to(target.dtype)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A CSR matrix of 0/1 rows and what the solvers read of it, as tensors."""
+
+    csr: Any
+    indptr: torch.Tensor  # int64
+    indices: torch.Tensor  # int64
+    counts: torch.Tensor  # float64: entries per row
+
+    @classmethod
+    def of(cls, csr: Any) -> Rows:
+        indptr = torch.as_tensor(csr.indptr, dtype=torch.long)
+        counts = (indptr[1:] - indptr[:-1]).double()
+        return cls(csr, indptr, torch.as_tensor(csr.indices, dtype=torch.long), counts)
 
 
 SPEC = ModelSpec(

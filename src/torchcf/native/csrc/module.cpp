@@ -3,6 +3,7 @@
 // shorter than compiling each file on its own). What crosses is named: small structs with
 // keyword constructors and the optimizer as an enum (torchcf.training.steps builds them).
 #include "dot_adam.cpp"
+#include "ials_cg.cpp"
 #include "tower_adam.cpp"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -51,6 +52,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dot_adam_batches", &dot_adam_batches, "exact BCE + Adam steps for MF/GMF",
         py::call_guard<py::gil_scoped_release>());
   m.def("tower_adam_batches", &tower_adam_batches, "BCE + Adam or SGD steps for MLP/NeuMF",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("ials_cg", &ials_cg, "iALS conjugate-gradient steps on every row, in place",
+        py::arg("target"), py::arg("fixed"), py::arg("gram"), py::arg("indptr"),
+        py::arg("indices"), py::arg("reg"), py::arg("steps"),
         py::call_guard<py::gil_scoped_release>());
   m.def("dropout_keep", &dropout_keep, "the tower kernel's dropout factors for one layer/step");
 }
