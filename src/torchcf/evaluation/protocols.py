@@ -158,7 +158,8 @@ def full_ranks(
     model.eval()
     num_items = model.num_items
     if batch_users is None:
-        width = 1 if model.matrix_scoring else max(1, model.pair_width)
+        flat = model.matrix_scoring or model.blocked_scoring
+        width = 1 if flat else max(1, model.pair_width)
         batch_users = max(1, 2**24 // (num_items * width))
     ranks, shown = [], []
     for s in range(0, len(holdout), batch_users):

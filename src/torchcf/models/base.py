@@ -72,6 +72,9 @@ class ScoringModel(nn.Module):
     user_tables: tuple[str, ...] = ("user_embedding",)
     # score_all is one matrix product, cheaper than scoring (user, candidate) pairs one by one
     matrix_scoring: bool = False
+    # score_all bounds its own working memory (blocks of pairs): callers size their batches of
+    # users by the (users × items) result alone
+    blocked_scoring: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()

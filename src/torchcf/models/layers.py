@@ -176,6 +176,42 @@ def tower_output(
     return layers[1:](user_part + item_part + first.bias)
 
 
+@torch.no_grad()
+def tower_scores(
+    layers: nn.Sequential,
+    user_table: nn.Embedding,
+    item_table: nn.Embedding,
+    users: torch.Tensor,
+    head_weight: torch.Tensor,
+    pairs: int = 2**18,
+) -> torch.Tensor:
+    """``head_weight · tower([p_u; q_i])`` for each of ``users`` and every item, ``(B, M)``
+    (no head bias): full ranking without the per-pair Python and lookups of ``forward``.
+
+    The first layer's halves are computed once (every item's once, not once per chunk); then
+    blocks of about ``pairs`` (user, item) pairs go through the later layers as single
+    ``addmm`` calls with in-place ReLUs (the same arithmetic as ``forward`` in eval mode).
+    """
+    first = layers[0]
+    assert isinstance(first, nn.Linear)
+    width = user_table.embedding_dim
+    user_part = user_table(users) @ first.weight[:, :width].T + first.bias
+    item_part = item_table.weight @ first.weight[:, width:].T
+    later = [m for m in list(layers)[1:] if isinstance(m, nn.Linear)]
+    num_items = item_part.shape[0]
+    out = torch.empty(len(users), num_items, device=user_part.device, dtype=user_part.dtype)
+    cols = min(num_items, pairs)
+    rows = max(1, pairs // cols)
+    for s in range(0, len(users), rows):
+        for c in range(0, num_items, cols):
+            block = user_part[s : s + rows, None, :] + item_part[None, c : c + cols]
+            h = block.relu_().reshape(-1, block.shape[-1])
+            for linear in later:
+                h = torch.addmm(linear.bias, h, linear.weight.T).relu_()
+            out[s : s + rows, c : c + cols] = (h @ head_weight).view(block.shape[0], -1)
+    return out
+
+
 @dataclass(frozen=True)
 class DotLayout:
     """What the compiled MF/GMF step updates, in this order: the user table, the item table

@@ -25,6 +25,7 @@ from torchcf.models.layers import (
     tower,
     tower_layout,
     tower_output,
+    tower_scores,
 )
 from torchcf.settings import below_one, between, setting
 
@@ -50,6 +51,8 @@ class MLPConfig(TowerConfig):
 
 class TowerModel(ScoringModel):
     """Shared shape of the models with an MLP tower: factors, layers, dropout, init."""
+
+    blocked_scoring = True  # score_all in eval: ``layers.tower_scores``, blocks of pairs
 
     def _settings(self, config: TowerConfig) -> None:
         self.config = config
@@ -97,6 +100,14 @@ class MLP(TowerModel):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.features(users, items) @ self.head.weight[0] + self.head.bias[0]
+
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        if torch.is_grad_enabled() or self.training:
+            return super().score_all(users, chunk)
+        tower = tower_scores(
+            self.tower, self.user_embedding, self.item_embedding, users, self.head.weight[0]
+        )
+        return tower + self.head.bias[0]
 
     def item_vectors(self) -> torch.Tensor | None:
         return self.item_embedding.weight

@@ -18,6 +18,7 @@ from torchcf.models.layers import (
     tower,
     tower_layout,
     tower_output,
+    tower_scores,
 )
 from torchcf.models.mlp import MLP, TOWER_SEARCH, TowerConfig, TowerModel
 
@@ -74,6 +75,17 @@ class NeuMF(TowerModel):
         gmf = self.gmf_user_embedding(users) * self.gmf_item_embedding(items)
         both = torch.cat([gmf, mlp], dim=-1)
         return both @ self.head.weight[0] + self.head.bias[0]
+
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        if torch.is_grad_enabled() or self.training:
+            return super().score_all(users, chunk)
+        dim = self.embedding_dim
+        head = self.head.weight[0]
+        tower = tower_scores(
+            self.tower, self.mlp_user_embedding, self.mlp_item_embedding, users, head[dim:]
+        )
+        gmf = (self.gmf_user_embedding(users) * head[:dim]) @ self.gmf_item_embedding.weight.T
+        return gmf + tower + self.head.bias[0]
 
     def kernel_layout(self) -> KernelLayout | None:
         return tower_layout(
