@@ -32,11 +32,20 @@ __all__ = [
     "paired_difference",
     "paired_metrics",
     "seed_difference",
+    "significant",
+    "verdict",
 ]
 
 
+class _Record:
+    """A frozen dataclass that reads out as a plain dict (results.json)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class PairedDifference:
+class PairedDifference(_Record):
     """``a − b`` of one metric over the same users: means, the difference, its bootstrap CI,
     the paired test's name and p-value."""
 
@@ -50,22 +59,35 @@ class PairedDifference:
     test: str
     p_value: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def words(self, a: str, b: str, alpha: float = 0.05, p_value: float | None = None) -> str:
         """``"GMF − MF: ΔHR@10 +0.002 [−0.004, +0.008], p = 0.52: no evidence of a difference
         at 5 %"`` (``p_value``: an adjusted one, e.g. Holm's, in place of the raw)."""
         p = self.p_value if p_value is None else p_value
-        verdict = (
-            f"{a} {'better' if self.delta > 0 else 'worse'} at {alpha:.0%}"
-            if p < alpha
-            else f"no evidence of a difference at {alpha:.0%}"
-        )
         return (
             f"{a} − {b}: Δ{self.metric} {self.delta:+.4f} [{self.ci_low:+.4f}, "
-            f"{self.ci_high:+.4f}], p = {p:.3g}: {verdict}"
+            f"{self.ci_high:+.4f}], p = {p:.3g}: "
+            + verdict(a, b, self.delta, self.ci_low, self.ci_high, p, alpha)
         )
+
+
+def significant(ci_low: float, ci_high: float, p_value: float, alpha: float = 0.05) -> bool:
+    """A difference is called significant when its test rejects at ``alpha`` **and** its CI
+    excludes 0 (a rank test and the mean can disagree; then no side is called better)."""
+    return bool(p_value < alpha and (ci_low > 0.0 or ci_high < 0.0))
+
+
+def verdict(
+    a: str, b: str, delta: float, ci_low: float, ci_high: float, p_value: float, alpha: float
+) -> str:
+    """The words for ``a − b``: who is better, no clear difference, or no evidence of one."""
+    if significant(ci_low, ci_high, p_value, alpha):
+        return f"{a if delta > 0 else b} better at {alpha:.0%}"
+    if p_value < alpha:
+        return (
+            f"no clear difference at {alpha:.0%} (the paired test rejects, but the mean's CI "
+            "includes 0)"
+        )
+    return f"no evidence of a difference at {alpha:.0%}"
 
 
 def paired_difference(
@@ -148,7 +170,7 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 @dataclass(frozen=True)
-class SeedSummary:
+class SeedSummary(_Record):
     """One metric over seeds: mean, sample standard deviation and the 95 % t interval of the
     mean (``nan`` with a single seed)."""
 
@@ -157,9 +179,6 @@ class SeedSummary:
     std: float
     ci_low: float
     ci_high: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def text(self) -> str:
         """``0.7046 ± 0.0031 [0.7007, 0.7085]`` (the mean alone for one seed)."""
@@ -184,7 +203,7 @@ def over_seeds(values: Sequence[float] | np.ndarray) -> SeedSummary:
 
 
 @dataclass(frozen=True)
-class SeedDifference:
+class SeedDifference(_Record):
     """``a − b`` of one metric paired by seed: the mean difference, its 95 % t interval and the
     paired t-test's p-value (``nan`` below two seeds)."""
 
@@ -194,9 +213,6 @@ class SeedDifference:
     ci_low: float
     ci_high: float
     p_value: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def seed_difference(

@@ -25,7 +25,9 @@ from torchcf.evaluation.significance import (
     over_seeds,
     paired_metrics,
     seed_difference,
+    verdict,
 )
+from torchcf.evaluation.significance import significant as is_significant
 from torchcf.io import atomic_path
 
 __all__ = [
@@ -130,29 +132,19 @@ def _adjust(rows: list[dict[str, Any]], p: Any, name: str) -> None:
 
 
 def significant(row: Mapping[str, Any]) -> bool:
-    """Is the pair's difference significant at ``ALPHA``: the paired test over users rejects
-    after Holm **and** the bootstrap CI of the mean difference excludes zero (the rank test and
-    the mean can disagree; then no side is called better)?"""
-    excludes_zero = row["ci_low"] > 0.0 or row["ci_high"] < 0.0
-    return bool(row["p_holm"] < ALPHA and excludes_zero)
+    """Is the pair's difference significant at ``ALPHA`` (the test over users, after Holm)?"""
+    return is_significant(row["ci_low"], row["ci_high"], row["p_holm"], ALPHA)
 
 
 def words(row: Mapping[str, Any]) -> str:
     """``"gmf − mf: ΔHR@10 +0.0003 [−0.0079, +0.0084], p = 0.97 (Holm): no evidence of a
     difference at 5 %"``, and the test over seeds when there is one."""
-    if significant(row):
-        verdict = f"{row['a'] if row['delta'] > 0 else row['b']} better at {ALPHA:.0%}"
-    elif row["p_holm"] < ALPHA:
-        verdict = (
-            f"no clear difference at {ALPHA:.0%} (the paired test rejects, but the mean's CI "
-            "includes 0)"
-        )
-    else:
-        verdict = f"no evidence of a difference at {ALPHA:.0%}"
+    said = verdict(
+        row["a"], row["b"], row["delta"], row["ci_low"], row["ci_high"], row["p_holm"], ALPHA
+    )
     text = (
         f"{row['a']} − {row['b']}: Δ{row['metric']} {row['delta']:+.4f} "
-        f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], p = {row['p_holm']:.2g} (Holm): "
-        f"{verdict}"
+        f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], p = {row['p_holm']:.2g} (Holm): {said}"
     )
     seeds = row.get("over_seeds")
     if seeds and "p_holm" in seeds:

@@ -111,9 +111,11 @@ class Explorer:
         history = self.history.items.get(index, np.zeros(0, dtype=np.int64))
         listed = [int(i) for i in self.rec.item_map.to_index(ids[np.isfinite(scores)])]
         because = self._because(listed, history)
-        for row, reasons in zip(rows, because, strict=True):
-            row["genres"] = self.rec.genres([row["item"]])[0]
-            row["because"] = [self.item(i)["title"] or str(self.item(i)["item"]) for i in reasons]
+        genres = self.rec.genres([row["item"] for row in rows])
+        for row, reasons, kind in zip(rows, because, genres, strict=True):
+            row["genres"] = kind
+            named = [self.item(i) for i in reasons]
+            row["because"] = [n["title"] or str(n["item"]) for n in named]
         held = {i: name for name, i in self.history.held_out.get(index, [])}
         shown = [
             {**self.item(int(i)), "held_out": held.get(int(i))} for i in history[:history_limit]
@@ -123,9 +125,8 @@ class Explorer:
              else None}
             for name, i in self.history.held_out.get(index, [])
         ]  # fmt: skip
-        for row in rows:
-            position = self.rec.item_map.to_index(np.array([row["item"]]))[0]
-            row["held_out"] = held.get(int(position))
+        for row, index in zip(rows, listed, strict=True):
+            row["held_out"] = held.get(index)
         return {
             "user": _plain(self.rec.user_map.to_id(np.array([index]))[0]),
             "history": shown,
