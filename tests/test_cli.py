@@ -351,7 +351,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         (("--data", str(single), "--model", "ease", "--lr", "0.1"), "ease does not take"),
         (("--data", str(single), "--model", "gmf", "--l2", "5"), "gmf does not take l2"),
         (("--data", str(single), "--lr", "nan"), "learning_rate must be finite"),
-        (("--data", str(single), "--model", "mlp", "--fast"), "fast recipe exists for"),
+        (("--data", str(single), "--model", "ease", "--fast"), "--fast: ease has no fast recipe"),
         # refused before the two pretraining runs (it used to train both first)
         (("--data", str(single), "--model", "neumf", "--pretrain", "--alpha", "2"), "--alpha"),
         (("--data", str(single), "--threads", "99999"), "--threads must be in"),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import tiny_rows, write_ml1m
 from torchcf.data.sources import DataSpec
 from torchcf.errors import ConfigError
+from torchcf.models.registry import SPECS
 from torchcf.runs.compare import run_compare
 
 
@@ -96,3 +98,37 @@ def test_unknown_model_and_settings_no_model_takes(spec, tmp_path):
     with pytest.raises(ConfigError, match="alpha"):
         run_compare(spec, CONFIG, ["neumf-pre"], tmp_path / "c", alpha=2.0)
     assert not (tmp_path / "c").exists()  # refused before anything was trained
+
+
+def test_compare_fast_applies_each_models_fast_recipe(spec, tmp_path):
+    """``compare --fast``: each model's fast recipe (every setting of it, explicit settings on
+    top), none for a model without one, the report naming them; neumf-pre is fine-tuned by
+    ``fast-finetune`` from the compare's own fast MLP and a GMF trained by its fast recipe."""
+    out = tmp_path / "fast"
+    given = {"embedding_dim": 4, "layers": 2, "eval_negatives": 8, "epochs": 1}
+    models = ["mf", "mlp", "ease", "neumf-pre"]
+    report = run_compare(spec, given, models, out, fast=True, progress=False, echo=print)
+    assert not report["failed"]
+    assert report["recipes"] == {
+        "mf": ["fast"],
+        "mlp": ["fast"],
+        "ease": [],
+        "neumf-pre": ["finetune", "fast-finetune"],
+    }
+
+    def ran(run):  # the settings a run directory records
+        config = json.loads((run / "config.json").read_text())
+        return {**config["train"], **config["model_config"]}
+
+    for key in ("mf", "mlp", "neumf-pre"):
+        names = report["recipes"][key]
+        wanted = {**SPECS["neumf" if key == "neumf-pre" else key].recipes[names[-1]], "epochs": 1}
+        settings = ran(out / "runs" / key)
+        assert {name: settings[name] for name in wanted} == wanted, key
+        assert report["settings"][key] | wanted == report["settings"][key]
+    pretrained = json.loads((out / "runs" / "neumf-pre" / "config.json").read_text())["pretrained"]
+    assert pretrained["mlp"] == str(out / "runs" / "mlp")  # the compare's own fast MLP
+    gmf = ran(Path(pretrained["gmf"]))
+    fast_gmf = {**SPECS["gmf"].recipes["fast"], "epochs": 1}
+    assert {name: gmf[name] for name in fast_gmf} == fast_gmf
+    assert "fast" in (out / "report.md").read_text()

@@ -11,6 +11,7 @@ import pytest
 from torchcf.data.split import SplitConfig
 from torchcf.errors import ConfigError
 from torchcf.models.registry import SPECS, TRAINABLE, build_model
+from torchcf.runs.train import pretrain_recipe, recipe_names
 from torchcf.training.config import Recipe, TrainConfig, recipe, takes
 
 
@@ -20,8 +21,35 @@ def test_fast_recipe():
     assert fast.train.lr_schedule == "cosine" and fast.train.learning_rate == 0.03
     assert recipe("mf", recipes=("fast",)).train.learning_rate == 0.01
     assert recipe("gmf", {"epochs": 3}, recipes=("fast",)).train.epochs == 3  # explicit flags win
-    with pytest.raises(ConfigError, match="fast recipe exists for mf and gmf, not mlp"):
-        recipe("mlp", recipes=("fast",))
+    with pytest.raises(ConfigError, match="fast recipe exists for mf, gmf, mlp and neumf, not"):
+        recipe("ease", recipes=("fast",))
+
+
+@pytest.mark.parametrize("key", ["mf", "gmf", "mlp", "neumf", "neumf-pre"])
+def test_what_fast_applies(key):
+    """``--fast`` (train and compare) applies the model's fast recipe, every setting of it,
+    on top of its own defaults; a setting given explicitly wins; neumf-pre is fine-tuned by
+    ``fast-finetune`` from parts trained by their own fast recipes."""
+    model = "neumf" if key == "neumf-pre" else key
+    names = recipe_names(key, fast=True)
+    assert names == (("finetune", "fast-finetune") if key == "neumf-pre" else ("fast",))
+    assert recipe_names(key) == names[:-1]  # without --fast
+    wanted = SPECS[model].recipes[names[-1]]
+    settings = recipe(model, recipes=names).settings()
+    assert {name: settings[name] for name in wanted} == wanted
+    slow = recipe(model, recipes=names[:-1]).settings()
+    assert any(slow[name] != value for name, value in wanted.items())  # it changes something
+    explicit = recipe(model, {"epochs": 3, "batch_size": 77}, recipes=names).train
+    assert (explicit.epochs, explicit.batch_size) == (3, 77)
+    assert recipe_names("ease", fast=True) == ()  # no fast recipe: compare trains it as it is
+    if key == "neumf-pre":
+        for part in ("gmf", "mlp"):
+            given = {"epochs": 2, "learning_rate": 0.5}  # fine-tuning's rate is not the parts'
+            part_recipe = pretrain_recipe(part, given, fast=True)
+            fast = SPECS[part].recipes["fast"]
+            assert part_recipe.train.batch_size == fast["batch_size"]
+            assert part_recipe.train.learning_rate == fast["learning_rate"]
+            assert part_recipe.train.epochs == 2
 
 
 def test_settings_are_validated_with_the_field_named():

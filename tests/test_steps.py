@@ -13,7 +13,7 @@ from conftest import (
     tower_forward,
 )
 from torchcf import native
-from torchcf.models.registry import build_model
+from torchcf.models.registry import SPECS, build_model
 from torchcf.training.config import TrainConfig
 from torchcf.training.losses import bce_with_logits
 from torchcf.training.steps import (
@@ -103,24 +103,36 @@ def test_compiled_kernel_matches_torch_adam(name, settings):
     assert_same_parameters(reference, fast)
 
 
+# the batch of the towers' fast recipe: the tower kernel's first layer by distinct rows
+FAST_BATCH = SPECS["mlp"].recipes["fast"]["batch_size"]
+
+
 @needs_kernel
 @pytest.mark.parametrize("name", ["gmf", "mlp", "neumf"])
-@pytest.mark.parametrize("batch", [32, 4096])  # 4096: the multi-threaded forward and scatter
-def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(name, batch):
+@pytest.mark.parametrize(
+    ("batch", "catalogue"),
+    # 32: one thread; 4096 and the fast recipe's batch: the multi-threaded forward and scatter,
+    # the towers' first layer by distinct rows; 512 of 400 x 300: per sample (more rows than
+    # samples), multi-threaded
+    [(32, (30, 25)), (4096, (30, 25)), (FAST_BATCH, (30, 25)), (512, (400, 300))],
+    ids=["32", "4096", "fast", "512-wide"],
+)
+def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(name, batch, catalogue):
     """``run`` over an order = the same batches one by one; logits land at their samples, and
-    the loss it returns is theirs."""
+    the loss it returns is theirs: torch.optim.Adam's steps at every batch size."""
     gen = torch.Generator().manual_seed(1)
     n = batch * 6 + 5  # a short last batch
-    users = torch.randint(0, 30, (n,), generator=gen)
-    items = torch.randint(0, 25, (n,), generator=gen)
+    num_users, num_items = catalogue
+    users = torch.randint(0, num_users, (n,), generator=gen)
+    items = torch.randint(0, num_items, (n,), generator=gen)
     labels = torch.randint(0, 2, (n,), generator=gen).float()
     order = torch.randperm(n, generator=gen)
     config = TrainConfig(learning_rate=0.01, batch_size=batch)
     batches = [(users[part], items[part], labels[part]) for part in order.split(batch)]
-    kwargs = KERNEL_KWARGS[name]
+    kwargs = {**KERNEL_KWARGS[name], "num_users": num_users, "num_items": num_items}
     forward = _concatenating(name)
     reference, want = adam_reference(name, config, batches, forward=forward, **kwargs)
-    fast = build_model(name, 30, 25, seed=0, **kwargs)
+    fast = build_model(name, seed=0, **kwargs)
     step = make_step(fast, config)
     logits = torch.zeros(n)
     loss = 0.0

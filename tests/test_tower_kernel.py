@@ -16,7 +16,7 @@ from conftest import (
 )
 from torchcf import native
 from torchcf.models.layers import Dropout, dropout_keep
-from torchcf.models.registry import build_model
+from torchcf.models.registry import SPECS, build_model
 from torchcf.training.config import TrainConfig
 from torchcf.training.steps import (
     AutogradStep,
@@ -79,9 +79,13 @@ def test_sgd_kernel_matches_torch_sgd(name, weight_decay):
 
 
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
-def test_tower_kernel_dropout_replayed_by_autograd(name):
+@pytest.mark.parametrize(
+    ("steps", "batch"), [(60, 32), (6, SPECS["mlp"].recipes["fast"]["batch_size"])]
+)
+def test_tower_kernel_dropout_replayed_by_autograd(name, steps, batch):
     """With dropout, each step of the kernel equals autograd on the Python generator's masks
-    (``layers.dropout_keep``), which are the kernel's (the test above)."""
+    (``layers.dropout_keep``), which are the kernel's (the test above); also at the fast
+    recipe's batch (the first layer by distinct rows, masks filled in parallel pieces)."""
     config = TrainConfig(learning_rate=0.01, seed=7)
     drop = Dropout(0.25)
     widths = [16, 8, 4]  # KWARGS' tower
@@ -95,7 +99,7 @@ def test_tower_kernel_dropout_replayed_by_autograd(name):
     def forward(model, users, items, step):
         return tower_forward(model, users, items, keeps_of(step, len(users)))
 
-    batches = random_batches(60)
+    batches = random_batches(steps, batch)
     reference, want = adam_reference(
         name, config, batches, forward=forward, **{**KWARGS, "dropout": 0.0}
     )

@@ -46,7 +46,10 @@ def _tame_malloc() -> None:
 
     With its default *dynamic* mmap threshold, glibc serves the tower models' ~100 KB–100 MB
     temporaries from a heap it then cannot trim: full-ranking evaluation of an MLP/NeuMF on
-    ML-1M grew to 4–15 GB RSS (480 MB with fixed thresholds; benchmarks/RESULTS.md).
+    ML-1M grew to 4–15 GB RSS (480 MB with fixed thresholds; benchmarks/RESULTS.md). The mmap
+    threshold is 32 MB: below it, the towers' evaluation blocks (a few MB, allocated thousands
+    of times an evaluation) are reused from the heap instead of mapped and faulted in afresh
+    each time, which made evaluation 2-3x slower with a 1 MB threshold (issue 17).
     """
     import ctypes
     import ctypes.util
@@ -57,8 +60,8 @@ def _tame_malloc() -> None:
     try:
         libc = ctypes.CDLL(name)
         m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 20)
-        libc.mallopt(m_trim_threshold, 1 << 26)
+        libc.mallopt(m_mmap_threshold, 1 << 25)
+        libc.mallopt(m_trim_threshold, 1 << 27)
     except (OSError, AttributeError):  # not glibc
         return
 

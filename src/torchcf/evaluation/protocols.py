@@ -71,7 +71,8 @@ def holdout_ranks(
 ) -> torch.Tensor:
     """Rank of each user's held-out item among its candidates, ``(n,)`` on ``device``.
 
-    Users are scored in batches that keep about 2^24 floats alive (``model.pair_width``).
+    Users are scored in batches that keep about 2^24 floats alive (``model.pair_width``); a
+    tower's in batches of about 2^14 pairs (1.3-2x faster than 2^24 floats on ML-1M).
     """
     was_training = model.training
     model.eval()
@@ -83,6 +84,8 @@ def holdout_ranks(
     if batch_users is None:
         width = model.num_items if matrix else max(1, candidates.shape[1]) * model.pair_width
         batch_users = max(1, 2**24 // width)
+        if model.blocked_scoring:  # towers: ~2^14 pairs a call, whose activations stay in cache
+            batch_users = max(1, 2**14 // max(1, candidates.shape[1]))
     out = []
     for s in range(0, len(users), batch_users):
         cand = candidates[s : s + batch_users]

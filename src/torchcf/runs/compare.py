@@ -20,7 +20,7 @@ from torchcf.data.split import SEED
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.evaluation.significance import SeedSummary
 from torchcf.io import atomic_open, atomic_path, write_json
-from torchcf.models.registry import TRAINABLE, get_spec
+from torchcf.models.registry import TRAINABLE
 from torchcf.runs.differences import (
     ALPHA,
     pair_differences,
@@ -31,7 +31,7 @@ from torchcf.runs.differences import (
 )
 from torchcf.runs.evaluate import per_user_results
 from torchcf.runs.rundir import RunDir, history_column, metric_key, versions
-from torchcf.runs.train import check_alpha, ensure_run, pretrained_parts
+from torchcf.runs.train import check_alpha, ensure_run, pretrained_parts, recipe_names
 from torchcf.training.config import Recipe, applicable, recipe, takes
 
 __all__ = ["COMPARABLE", "parse_seeds", "run_compare"]
@@ -46,15 +46,7 @@ def _model(key: str) -> str:
 def model_recipe(key: str, overrides: dict[str, Any], fast: bool = False) -> Recipe:
     """A compared model's recipe under the user's explicit settings that it takes (``fast``:
     its fast recipe, where it has one)."""
-    own = applicable(_model(key), overrides)
-    if key == "neumf-pre":
-        return recipe("neumf", own, recipes=("finetune",))
-    return recipe(key, own, recipes=fast_recipe(key) if fast else ())
-
-
-def fast_recipe(key: str) -> tuple[str, ...]:
-    """``("fast",)`` where the compared model has a fast recipe."""
-    return ("fast",) if key != "neumf-pre" and "fast" in get_spec(key).recipes else ()
+    return recipe(_model(key), applicable(_model(key), overrides), recipe_names(key, fast))
 
 
 def _check(
@@ -80,15 +72,18 @@ def _train_one(
     overrides: dict[str, Any],
     runs: Path,
     alpha: float,
+    fast: bool,
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """Train (or reuse) one compared model's run in ``runs/key``; its summary."""
     pretrained = None
     if key == "neumf-pre":
         # the compare's own gmf/mlp runs serve where they are the pretraining recipes
-        reuse = {part: (model_recipe(part, overrides), runs / part) for part in ("gmf", "mlp")}
+        reuse = {
+            part: (model_recipe(part, overrides, fast), runs / part) for part in ("gmf", "mlp")
+        }
         pretrained = pretrained_parts(
-            spec, overrides, runs / key, alpha=alpha, reuse=reuse, **options
+            spec, overrides, runs / key, alpha=alpha, reuse=reuse, fast=fast, **options
         )
     return ensure_run(spec, config, runs / key, pretrained=pretrained, **options)
 
@@ -181,7 +176,7 @@ def run_compare(
             options: dict[str, Any] = {"progress": progress, "echo": echo, "rerun": rerun}
             try:
                 own = per_seed_overrides[seed]
-                summary = _train_one(key, spec, config, own, runs, alpha, options)
+                summary = _train_one(key, spec, config, own, runs, alpha, fast, options)
                 rows[key].append({**_row(key, summary, runs / key), "seed": config.train.seed})
                 histories[key].append(RunDir(runs / key).read_history())
                 tables[key].append(per_user_results(runs / key))
@@ -213,7 +208,7 @@ def run_compare(
         "protocol": first["protocol"] if first else None,
         "overrides": overrides,
         "settings": {key: config.settings() for key, config in configs.items()},
-        "recipes": {key: list(fast_recipe(key)) if fast else [] for key in models},
+        "recipes": {key: list(recipe_names(key, fast)) for key in models},
         "alpha": alpha,
         "k": k,
         "data": spec.to_dict(),
@@ -417,8 +412,8 @@ def render_report(report: dict[str, Any]) -> str:
     lines += ["- every model: " + ", ".join(f"{n}={v}" for n, v in shared.items())]
     for key, settings in report["settings"].items():
         own = [f"{n}={settings[n]}" for n in varying if n in settings and n not in shared]
-        recipe_names = report.get("recipes", {}).get(key) or []
-        ran = f" ({' + '.join(recipe_names)} recipe)" if recipe_names else ""
+        names = report.get("recipes", {}).get(key) or []
+        ran = f" ({' + '.join(names)} recipe)" if names else ""
         lines.append(f"- {key}{ran}: " + (", ".join(own) if own else "as above"))
     if report.get("seeds"):
         lines.append(

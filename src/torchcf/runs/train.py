@@ -30,7 +30,7 @@ from torchcf.models.base import FittedModel, ScoringModel
 from torchcf.models.gmf import GMF
 from torchcf.models.mlp import MLP
 from torchcf.models.neumf import NeuMF
-from torchcf.models.registry import build_model
+from torchcf.models.registry import build_model, get_spec
 from torchcf.runs.report import write_learning_curve
 from torchcf.runs.rundir import RunConfig, RunDir, metric_key, metrics_at, versions
 from torchcf.serving.persistence import load_model, save_model
@@ -48,6 +48,7 @@ __all__ = [
     "ensure_run",
     "format_full",
     "pretrain_recipe",
+    "recipe_names",
     "run_training",
     "evaluate_selected",
     "sampled_metrics",
@@ -96,16 +97,29 @@ def init_from_runs(model: ScoringModel, pretrained: Pretrained, split: Split) ->
     model.init_from_pretrained(gmf, mlp, pretrained.alpha)
 
 
-def pretrain_recipe(part: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
-    """The recipe of the GMF or MLP run a NeuMF starts from: the part's own recipe with the
-    user's explicit settings that it takes, except the optimizer and learning rate (those are
-    fine-tuning's)."""
+def recipe_names(key: str, fast: bool = False) -> tuple[str, ...]:
+    """The named recipes a run of ``key`` applies (a model, or ``neumf-pre``: NeuMF fine-tuned
+    from its pretrained parts): ``finetune`` for neumf-pre; with ``fast``, the fast recipe
+    (``fast-finetune`` for neumf-pre) where the model has one."""
+    pretrained = key == "neumf-pre"
+    spec = get_spec("neumf" if pretrained else key)
+    fast_name = "fast-finetune" if pretrained else "fast"
+    names = ("finetune",) if pretrained else ()
+    return names + ((fast_name,) if fast and fast_name in spec.recipes else ())
+
+
+def pretrain_recipe(
+    part: str, overrides: Mapping[str, Any] | None = None, fast: bool = False
+) -> Recipe:
+    """The recipe of the GMF or MLP run a NeuMF starts from: the part's own recipe (``fast``:
+    its fast one) with the user's explicit settings that it takes, except the optimizer and
+    learning rate (those are fine-tuning's)."""
     kept = {
         name: value
         for name, value in (overrides or {}).items()
         if name not in ("optimizer", "learning_rate") and takes(part, name)
     }
-    return recipe(part, kept)
+    return recipe(part, kept, recipes=recipe_names(part, fast))
 
 
 def pretrained_parts(
@@ -116,19 +130,21 @@ def pretrained_parts(
     alpha: float = 0.5,
     parts: Mapping[str, str | None] | None = None,
     reuse: Mapping[str, tuple[Recipe, Path]] | None = None,
+    fast: bool = False,
     **options: Any,
 ) -> Pretrained:
     """The GMF and MLP runs a NeuMF in ``out`` starts from: ``parts`` names existing run
     directories; a part not given is trained (or reused, when finished with the same settings)
     in ``out/pretrain/``, or in ``reuse``'s directory when its recipe is the part's (compare's
-    own gmf and mlp runs). ``options`` go to ``ensure_run`` (progress, echo, rerun)."""
+    own gmf and mlp runs); ``fast``: the parts' fast recipes. ``options`` go to ``ensure_run``
+    (progress, echo, rerun)."""
     check_alpha(alpha)
     echo: Echo = options.get("echo", print)
     given = dict(parts or {})
     for part in ("gmf", "mlp"):
         if given.get(part) is not None:
             continue
-        part_recipe = pretrain_recipe(part, overrides)
+        part_recipe = pretrain_recipe(part, overrides, fast)
         reused = (reuse or {}).get(part)
         run = reused[1] if reused and reused[0] == part_recipe else RunDir(out).pretrain(part).path
         echo(f"== pretraining {part} in {run}")

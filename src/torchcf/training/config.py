@@ -191,9 +191,8 @@ def recipe(
     for name in recipes:
         if name not in spec.recipes:
             having = [s.name for s in SPECS.values() if name in s.recipes]
-            raise ConfigError(
-                f"the {name} recipe exists for {' and '.join(having) or 'no model'}, not {model}"
-            )
+            listed = " and ".join(filter(None, (", ".join(having[:-1]), "".join(having[-1:]))))
+            raise ConfigError(f"the {name} recipe exists for {listed or 'no model'}, not {model}")
         values.update(spec.recipes[name])
     values.update(overrides or {})
     return _assemble(spec, values)

@@ -33,17 +33,28 @@ inline uint64_t mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// keep[j] for j < count: 0 where the unit is dropped (its random byte < threshold), else scale
-void fill_keep(float* keep, int64_t count, uint64_t seed, int64_t step, int64_t layer,
-               int64_t threshold, float scale) {
+// keep[j] for begin <= j < end (begin a multiple of 8): 0 where the unit is dropped (its random
+// byte < threshold), else scale. Element j's byte depends on j only, so chunks of a layer can be
+// filled by different threads and give the same masks.
+void fill_keep(float* keep, int64_t begin, int64_t end, uint64_t seed, int64_t step,
+               int64_t layer, int64_t threshold, float scale) {
   const uint64_t key = mix(seed ^ mix(static_cast<uint64_t>(step) * 64 + layer));
-  for (int64_t j = 0; j < count; j += 8) {
+  for (int64_t j = begin; j < end; j += 8) {
     const uint64_t bits = mix(key + static_cast<uint64_t>(j >> 3));
-    const int64_t end = std::min<int64_t>(8, count - j);
-    for (int64_t b = 0; b < end; ++b) {
+    const int64_t stop = std::min<int64_t>(8, end - j);
+    for (int64_t b = 0; b < stop; ++b) {
       keep[j + b] = static_cast<int64_t>((bits >> (8 * b)) & 0xFF) >= threshold ? scale : 0.0f;
     }
   }
+}
+
+// [0, n) in `parts` fixed pieces, fn(part, begin, end) on the threads: a reduction that adds
+// the pieces' partial sums in piece order gives the same result whatever thread ran which piece
+template <typename Fn>
+void in_parts(int64_t n, int64_t parts, const Fn& fn) {
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t part = first; part < last; ++part) fn(part, n * part / parts, n * (part + 1) / parts);
+  });
 }
 
 // plain SGD (torch.optim.SGD without momentum): p -= lr (g + weight_decay p); clears g
@@ -62,7 +73,7 @@ inline void sgd_update(float* p, float* g, int64_t n, float lr, float weight_dec
 torch::Tensor dropout_keep(int64_t seed, int64_t step, int64_t layer, int64_t count,
                            int64_t threshold, double scale) {
   torch::Tensor keep = torch::empty({count}, torch::kFloat32);
-  fill_keep(keep.data_ptr<float>(), count, static_cast<uint64_t>(seed), step, layer, threshold,
+  fill_keep(keep.data_ptr<float>(), 0, count, static_cast<uint64_t>(seed), step, layer, threshold,
             static_cast<float>(scale));
   return keep;
 }
@@ -98,23 +109,17 @@ class TowerRun {
     touched_.assign(rows_, 0);
   }
 
-  // x = [p_u; q_i], then h_l = relu(W_l h_{l-1} + b_l) * keep_l
+  // h_0 = relu(W_0 [p_u; q_i] + b_0) * keep_0, then h_l = relu(W_l h_{l-1} + b_l) * keep_l.
+  // The first layer is W_0 = [W_u | W_i]: at large batches, where a batch names fewer distinct
+  // rows than it has samples, W_u p and W_i q are multiplied once per distinct row and added per
+  // sample (the same sums, fewer products); otherwise x = [p_u; q_i] is gathered per sample.
   void forward(const int64_t* bu, const int64_t* bi, int64_t n, double step) {
-    const int64_t width = shape_.width;
-    xn_ = x_.narrow(0, 0, n);
-    float* X = xn_.data_ptr<float>();
-    const float* table = P_ + mlp_table_;
-    // (the random rows are cache misses: both cores fetch, a few rows ahead)
-    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        if (k + 4 < end) {
-          __builtin_prefetch(table + bu[k + 4] * width);
-          __builtin_prefetch(table + bi[k + 4] * width);
-        }
-        std::memcpy(X + k * 2 * width, table + bu[k] * width, width * sizeof(float));
-        std::memcpy(X + k * 2 * width + width, table + bi[k] * width, width * sizeof(float));
-      }
-    });
+    by_rows_ = distinct_rows(bu, bi, n);
+    if (by_rows_) {
+      for (int side = 0; side < 2; ++side) side_forward(side);
+    } else {
+      gather_x(bu, bi, n);
+    }
     for (int64_t l = 0; l < layers_; ++l) layer_forward(l, n, step);
   }
 
@@ -128,31 +133,45 @@ class TowerRun {
     const float* hg = head;
     const float* hm = head + gmf_dim;
     const float inv_n = 1.0f / static_cast<float>(n);
-    float bias_g = 0.0f;
-    for (int64_t k = 0; k < n; ++k) {
-      const float* hk = H + k * last;
-      const float* pu = P_ + bu[k] * gmf_dim;  // NeuMF's GMF rows (unused for MLP)
-      const float* qi = P_ + bi[k] * gmf_dim;
-      float z = head[gmf_dim + last];
+    const int64_t parts = n >= 1024 ? at::get_num_threads() : 1;
+    // per piece: its loss, then its sums of g p_u q_i (GMF head) and of g (bias)
+    std::vector<double> part_loss(parts, 0.0);
+    std::vector<float> part_sums(parts * (gmf_dim + 1), 0.0f);
+    in_parts(n, parts, [&](int64_t part, int64_t begin, int64_t end) {
+      float* sums = part_sums.data() + part * (gmf_dim + 1);
+      double piece_loss = 0.0;
+      for (int64_t k = begin; k < end; ++k) {
+        const float* hk = H + k * last;
+        const float* pu = P_ + bu[k] * gmf_dim;  // NeuMF's GMF rows (unused for MLP)
+        const float* qi = P_ + bi[k] * gmf_dim;
+        float z = head[gmf_dim + last];
 #pragma omp simd reduction(+ : z)
-      for (int64_t j = 0; j < last; ++j) z += hm[j] * hk[j];
-      float zg = 0.0f;
+        for (int64_t j = 0; j < last; ++j) z += hm[j] * hk[j];
+        float zg = 0.0f;
 #pragma omp simd reduction(+ : zg)
-      for (int64_t d = 0; d < gmf_dim; ++d) zg += hg[d] * pu[d] * qi[d];
-      z += zg;
-      float sigmoid;
-      loss += bce(z, y[k], &sigmoid);
-      z_out[k] = z;
-      const float g = (sigmoid - y[k]) * inv_n;
-      g_out[k] = g;
-      bias_g += g;
-      float* ghm = head_grad + gmf_dim;
+        for (int64_t d = 0; d < gmf_dim; ++d) zg += hg[d] * pu[d] * qi[d];
+        z += zg;
+        float sigmoid;
+        piece_loss += bce(z, y[k], &sigmoid);
+        z_out[k] = z;
+        const float g = (sigmoid - y[k]) * inv_n;
+        g_out[k] = g;
 #pragma omp simd
-      for (int64_t j = 0; j < last; ++j) ghm[j] += g * hk[j];
-#pragma omp simd
-      for (int64_t d = 0; d < gmf_dim; ++d) head_grad[d] += g * pu[d] * qi[d];
+        for (int64_t d = 0; d < gmf_dim; ++d) sums[d] += g * pu[d] * qi[d];
+        sums[gmf_dim] += g;
+      }
+      part_loss[part] = piece_loss;
+    });
+    for (int64_t part = 0; part < parts; ++part) {
+      loss += part_loss[part];
+      const float* sums = part_sums.data() + part * (gmf_dim + 1);
+      for (int64_t d = 0; d < gmf_dim; ++d) head_grad[d] += sums[d];
+      head_grad[gmf_dim + last] += sums[gmf_dim];
     }
-    head_grad[gmf_dim + last] += bias_g;
+    // h_M's gradient: H^T g
+    torch::Tensor gv = torch::from_blob(g_out, {n}, torch::kFloat32);
+    torch::Tensor ghm = b_.grad.narrow(0, head_at_ + gmf_dim, last);
+    ghm.add_(at::mv(act_[layers_ - 1].narrow(0, 0, n).t(), gv));
   }
 
   // back through the tower to dL/dx: da_l = dh_l * relu'(a_l) * keep_l (h_l > 0 exactly where
@@ -160,13 +179,20 @@ class TowerRun {
   void backward(const float* g, int64_t n) {
     const float* hm = P_ + head_at_ + shape_.gmf_dim;
     float* D = act_grad_[layers_ - 1].data_ptr<float>();
-    for (int64_t k = 0; k < n; ++k) {
+    const int64_t last = last_;
+    at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
 #pragma omp simd
-      for (int64_t j = 0; j < last_; ++j) D[k * last_ + j] = g[k] * hm[j];
-    }
+        for (int64_t j = 0; j < last; ++j) D[k * last + j] = g[k] * hm[j];
+      }
+    });
     activation_grad(layers_ - 1, n);
     for (int64_t l = layers_ - 1; l >= 0; --l) {
       torch::Tensor da = act_grad_[l].narrow(0, 0, n);
+      if (l == 0 && by_rows_) {
+        for (int side = 0; side < 2; ++side) side_backward(side, n);
+        break;
+      }
       torch::Tensor below = l == 0 ? xn_ : act_[l - 1].narrow(0, 0, n);
       at::mm_out(weight_grad_[l], da.t(), below);
       torch::Tensor dbelow = l == 0 ? x_grad_.narrow(0, 0, n) : act_grad_[l - 1].narrow(0, 0, n);
@@ -175,33 +201,50 @@ class TowerRun {
     }
   }
 
-  // the rows' gradients, each row summed by the thread owning it, samples in batch order
+  // the rows' gradients, each row summed by the thread owning it, samples in batch order (by
+  // distinct rows: each row's MLP gradient is already summed, one row per thread at a time)
   void row_gradients(const int64_t* bu, const int64_t* bi, const float* g, int64_t n) {
     const int64_t width = shape_.width, gmf_dim = shape_.gmf_dim, rows = rows_;
-    const float* DX = x_grad_.data_ptr<float>();
+    if (by_rows_) {
+      for (int side = 0; side < 2; ++side) {
+        const std::vector<int64_t>& list = rows_of_[side];
+        const float* DP = side_grad_[side].data_ptr<float>();
+        at::parallel_for(0, static_cast<int64_t>(list.size()), 64, [&](int64_t b, int64_t e) {
+          for (int64_t j = b; j < e; ++j) {
+            float* gr = G_ + mlp_table_ + list[j] * width;
+            const float* dp = DP + j * width;
+#pragma omp simd
+            for (int64_t d = 0; d < width; ++d) gr[d] += dp[d];
+            touched_[list[j]] = 1;
+          }
+        });
+      }
+      if (gmf_dim == 0) return;
+    }
+    const bool mlp_rows = !by_rows_;
+    const float* DX = mlp_rows ? x_grad_.data_ptr<float>() : nullptr;
     const float* hg = P_ + head_at_;
     const int64_t parts = n >= 64 ? at::get_num_threads() : 1;
-    at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-      for (int64_t part = part_begin; part < part_end; ++part) {
-        const int64_t lo = rows * part / parts, hi = rows * (part + 1) / parts;
-        for (int64_t k = 0; k < n; ++k) {
-          const int64_t u = bu[k], i = bi[k];
-          for (int side = 0; side < 2; ++side) {
-            const int64_t row = side == 0 ? u : i, other = side == 0 ? i : u;
-            if (row < lo || row >= hi) continue;
+    in_parts(rows, parts, [&](int64_t, int64_t lo, int64_t hi) {
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t u = bu[k], i = bi[k];
+        for (int side = 0; side < 2; ++side) {
+          const int64_t row = side == 0 ? u : i, other = side == 0 ? i : u;
+          if (row < lo || row >= hi) continue;
+          if (mlp_rows) {
             float* gr = G_ + mlp_table_ + row * width;
             const float* dx = DX + k * 2 * width + side * width;
 #pragma omp simd
             for (int64_t d = 0; d < width; ++d) gr[d] += dx[d];
-            if (gmf_dim > 0) {
-              float* gg = G_ + row * gmf_dim;
-              const float* q = P_ + other * gmf_dim;
-              const float gk = g[k];
-#pragma omp simd
-              for (int64_t d = 0; d < gmf_dim; ++d) gg[d] += gk * hg[d] * q[d];
-            }
-            touched_[row] = 1;
           }
+          if (gmf_dim > 0) {
+            float* gg = G_ + row * gmf_dim;
+            const float* q = P_ + other * gmf_dim;
+            const float gk = g[k];
+#pragma omp simd
+            for (int64_t d = 0; d < gmf_dim; ++d) gg[d] += gk * hg[d] * q[d];
+          }
+          touched_[row] = 1;
         }
       }
     });
@@ -284,35 +327,147 @@ class TowerRun {
       keep_.push_back(drop_.threshold > 0 ? torch::empty({bs, out}, torch::kFloat32)
                                           : torch::Tensor());
     }
-    x_ = torch::empty({bs, 2 * shape_.width}, torch::kFloat32);
-    x_grad_ = torch::empty({bs, 2 * shape_.width}, torch::kFloat32);
+    const int64_t width = shape_.width, out0 = shape_.layer_widths[0];
+    x_ = torch::empty({bs, 2 * width}, torch::kFloat32);
+    x_grad_ = torch::empty({bs, 2 * width}, torch::kFloat32);
+    slot_.assign(rows_, -1);
+    for (int side = 0; side < 2; ++side) {
+      // W_u = W_0[:, :width], W_i = W_0[:, width:] and their gradients (strided views)
+      side_weight_[side] = weight_[0].narrow(1, side * width, width);
+      side_rows_[side] = torch::empty({bs, width}, torch::kFloat32);
+      side_act_[side] = torch::empty({bs, out0}, torch::kFloat32);
+      side_sum_[side] = torch::empty({bs, out0}, torch::kFloat32);
+      side_grad_[side] = torch::empty({bs, width}, torch::kFloat32);
+      side_wgrad_[side] = torch::empty({out0, width}, torch::kFloat32);
+      sample_slot_[side].resize(bs);
+    }
+  }
+
+  // the batch's distinct user and item rows (rows_of_), each sample's place among them
+  // (sample_slot_); true when there are fewer of them than samples, so products per row pay
+  bool distinct_rows(const int64_t* bu, const int64_t* bi, int64_t n) {
+    if (n < 256) return false;
+    for (int side = 0; side < 2; ++side) {
+      const int64_t* rows = side == 0 ? bu : bi;
+      std::vector<int64_t>& list = rows_of_[side];
+      int32_t* place = sample_slot_[side].data();
+      list.clear();
+      for (int64_t k = 0; k < n; ++k) {
+        int32_t& slot = slot_[rows[k]];
+        if (slot < 0) {
+          slot = static_cast<int32_t>(list.size());
+          list.push_back(rows[k]);
+        }
+        place[k] = slot;
+      }
+      for (const int64_t row : list) slot_[row] = -1;
+    }
+    return static_cast<int64_t>(rows_of_[0].size() + rows_of_[1].size()) <= n;
+  }
+
+  // x = [p_u; q_i] per sample (the random rows are cache misses: fetched a few rows ahead)
+  void gather_x(const int64_t* bu, const int64_t* bi, int64_t n) {
+    const int64_t width = shape_.width;
+    xn_ = x_.narrow(0, 0, n);
+    float* X = xn_.data_ptr<float>();
+    const float* table = P_ + mlp_table_;
+    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        if (k + 4 < end) {
+          __builtin_prefetch(table + bu[k + 4] * width);
+          __builtin_prefetch(table + bi[k + 4] * width);
+        }
+        std::memcpy(X + k * 2 * width, table + bu[k] * width, width * sizeof(float));
+        std::memcpy(X + k * 2 * width + width, table + bi[k] * width, width * sizeof(float));
+      }
+    });
+  }
+
+  // one side's distinct rows R and their first-layer products R W_side^T
+  void side_forward(int side) {
+    const std::vector<int64_t>& list = rows_of_[side];
+    const int64_t count = static_cast<int64_t>(list.size()), width = shape_.width;
+    float* R = side_rows_[side].data_ptr<float>();
+    const float* table = P_ + mlp_table_;
+    at::parallel_for(0, count, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        std::memcpy(R + j * width, table + list[j] * width, width * sizeof(float));
+      }
+    });
+    torch::Tensor rows = side_rows_[side].narrow(0, 0, count);
+    torch::Tensor products = side_act_[side].narrow(0, 0, count);
+    at::mm_out(products, rows, side_weight_[side].t());
+  }
+
+  // one side's first-layer gradients: the samples' da_0 summed per distinct row (S, each row
+  // by the thread owning it, samples in batch order), then dW_side = S^T R and dR = S W_side
+  void side_backward(int side, int64_t n) {
+    const int64_t count = static_cast<int64_t>(rows_of_[side].size());
+    const int64_t out0 = shape_.layer_widths[0];
+    float* S = side_sum_[side].data_ptr<float>();
+    const float* DA = act_grad_[0].data_ptr<float>();
+    const int32_t* place = sample_slot_[side].data();
+    const int64_t parts = at::get_num_threads();
+    in_parts(count, parts, [&](int64_t, int64_t lo, int64_t hi) {
+      std::memset(S + lo * out0, 0, (hi - lo) * out0 * sizeof(float));
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t j = place[k];
+        if (j < lo || j >= hi) continue;
+        float* sj = S + j * out0;
+        const float* dk = DA + k * out0;
+#pragma omp simd
+        for (int64_t o = 0; o < out0; ++o) sj[o] += dk[o];
+      }
+    });
+    torch::Tensor sums = side_sum_[side].narrow(0, 0, count);
+    torch::Tensor rows = side_rows_[side].narrow(0, 0, count);
+    at::mm_out(side_wgrad_[side], sums.t(), rows);
+    weight_grad_[0].narrow(1, side * shape_.width, shape_.width).copy_(side_wgrad_[side]);
+    torch::Tensor row_grads = side_grad_[side].narrow(0, 0, count);
+    at::mm_out(row_grads, sums, side_weight_[side]);
   }
 
   void layer_forward(int64_t l, int64_t n, double step) {
     torch::Tensor a = act_[l].narrow(0, 0, n);
-    at::mm_out(a, l == 0 ? xn_ : act_[l - 1].narrow(0, 0, n), weight_[l].t());
+    const bool from_rows = l == 0 && by_rows_;
+    if (!from_rows) at::mm_out(a, l == 0 ? xn_ : act_[l - 1].narrow(0, 0, n), weight_[l].t());
     float* A = a.data_ptr<float>();
     const float* bias = P_ + bias_at_[l];
     const int64_t out = shape_.layer_widths[l];
     const bool dropout = drop_.threshold > 0;
-    float* K = nullptr;
-    if (dropout) {
-      K = keep_[l].data_ptr<float>();
-      fill_keep(K, n * out, static_cast<uint64_t>(drop_.seed), static_cast<int64_t>(step), l,
-                drop_.threshold, static_cast<float>(drop_.scale));
-    }
-    for (int64_t k = 0; k < n; ++k) {  // h = relu(a + b) * keep
-      float* row = A + k * out;
-      const float* kr = dropout ? K + k * out : nullptr;
-#pragma omp simd
-      for (int64_t j = 0; j < out; ++j) {
-        const float v = std::max(row[j] + bias[j], 0.0f);
-        row[j] = dropout ? v * kr[j] : v;
+    float* K = dropout ? keep_[l].data_ptr<float>() : nullptr;
+    const float* AU = from_rows ? side_act_[0].data_ptr<float>() : nullptr;
+    const float* AI = from_rows ? side_act_[1].data_ptr<float>() : nullptr;
+    const int32_t* su = sample_slot_[0].data();
+    const int32_t* si = sample_slot_[1].data();
+    // chunks of 8 samples: a chunk's mask elements start at a multiple of 8
+    at::parallel_for(0, (n + 7) / 8, 32, [&](int64_t begin, int64_t end) {
+      const int64_t k0 = begin * 8, k1 = std::min(n, end * 8);
+      if (dropout) {
+        fill_keep(K, k0 * out, k1 * out, static_cast<uint64_t>(drop_.seed),
+                  static_cast<int64_t>(step), l, drop_.threshold,
+                  static_cast<float>(drop_.scale));
       }
-    }
+      for (int64_t k = k0; k < k1; ++k) {  // h = relu(a + b) * keep
+        float* row = A + k * out;
+        const float* kr = dropout ? K + k * out : nullptr;
+        if (from_rows) {  // a = W_u p_u + W_i q_i
+          const float* au = AU + su[k] * out;
+          const float* ai = AI + si[k] * out;
+#pragma omp simd
+          for (int64_t j = 0; j < out; ++j) row[j] = au[j] + ai[j];
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < out; ++j) {
+          const float v = std::max(row[j] + bias[j], 0.0f);
+          row[j] = dropout ? v * kr[j] : v;
+        }
+      }
+    });
   }
 
-  // the layer's da in place of its dh; its bias gradient, the column sums, as it goes
+  // the layer's da in place of its dh; its bias gradient, the column sums, per piece then
+  // added in piece order
   void activation_grad(int64_t l, int64_t n) {
     const bool dropout = drop_.threshold > 0;
     float* D = act_grad_[l].data_ptr<float>();
@@ -320,16 +475,24 @@ class TowerRun {
     const float* K = dropout ? keep_[l].data_ptr<float>() : nullptr;
     float* gb = G_ + bias_at_[l];
     const int64_t out = shape_.layer_widths[l];
-    for (int64_t k = 0; k < n; ++k) {
-      float* dr = D + k * out;
-      const float* ar = A + k * out;
-      const float* kr = dropout ? K + k * out : nullptr;
+    const int64_t parts = n >= 1024 ? at::get_num_threads() : 1;
+    std::vector<float> part_sums(parts * out, 0.0f);
+    in_parts(n, parts, [&](int64_t part, int64_t begin, int64_t end) {
+      float* sums = part_sums.data() + part * out;
+      for (int64_t k = begin; k < end; ++k) {
+        float* dr = D + k * out;
+        const float* ar = A + k * out;
+        const float* kr = dropout ? K + k * out : nullptr;
 #pragma omp simd
-      for (int64_t j = 0; j < out; ++j) {
-        const float d = ar[j] > 0.0f ? (dropout ? dr[j] * kr[j] : dr[j]) : 0.0f;
-        dr[j] = d;
-        gb[j] += d;
+        for (int64_t j = 0; j < out; ++j) {
+          const float d = ar[j] > 0.0f ? (dropout ? dr[j] * kr[j] : dr[j]) : 0.0f;
+          dr[j] = d;
+          sums[j] += d;
+        }
       }
+    });
+    for (int64_t part = 0; part < parts; ++part) {
+      for (int64_t j = 0; j < out; ++j) gb[j] += part_sums[part * out + j];
     }
   }
 
@@ -387,6 +550,13 @@ class TowerRun {
   float *P_ = nullptr, *G_ = nullptr, *M_ = nullptr, *S_ = nullptr;
   std::vector<torch::Tensor> weight_, weight_grad_, act_, act_grad_, keep_;
   torch::Tensor x_, x_grad_, xn_;
+  // the first layer by distinct rows, per side (0: users, 1: items)
+  bool by_rows_ = false;
+  std::vector<int32_t> slot_;  // a row's place in its side's list while the batch is read
+  std::vector<int64_t> rows_of_[2];
+  std::vector<int32_t> sample_slot_[2];
+  torch::Tensor side_weight_[2], side_rows_[2], side_act_[2], side_sum_[2], side_grad_[2],
+      side_wgrad_[2];
   std::vector<uint8_t> touched_;
   std::vector<int64_t> touched_rows_;
 };
