@@ -118,3 +118,29 @@ def test_evaluate_against_another_run(tmp_path):
     assert trained.returncode == 0, trained.stderr
     refused = run_cli("evaluate", str(runs["gmf"]), "--against", str(other))
     assert refused.returncode == 2 and "another split" in refused.stderr
+
+
+@pytest.mark.parametrize("n", [1, 7, 6040])
+def test_bootstrap_ci_is_scipys_percentile_interval(n):
+    """One pass over shared resample counts gives, for every column, the interval
+    ``scipy.stats.bootstrap`` gives that column alone with the same seed."""
+    from scipy import stats
+
+    from torchcf.evaluation.significance import bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    values = np.stack([rng.integers(-1, 2, n), rng.normal(size=n), rng.random(n)], axis=1)
+    lows, highs = bootstrap_ci(values, seed=5, resamples=1200)
+    for j in range(values.shape[1]):
+        if n == 1:  # scipy refuses one observation; every resample is that value
+            assert lows[j] == highs[j] == values[0, j]
+            continue
+        ci = stats.bootstrap(
+            (values[:, j],),
+            np.mean,
+            n_resamples=1200,
+            method="percentile",
+            random_state=np.random.default_rng(5),
+        ).confidence_interval
+        assert lows[j] == pytest.approx(ci.low, abs=1e-12)
+        assert highs[j] == pytest.approx(ci.high, abs=1e-12)

@@ -120,9 +120,14 @@ def test_one_dropout_generator_for_the_kernel_and_the_python_path(seed):
         mine = dropout_keep(seed, step, layer, count, drop.threshold, drop.scale)
         theirs = kernel.dropout_keep(seed, step, layer, count, drop.threshold, drop.scale)
         assert torch.equal(mine, theirs), (seed, step, layer, count)
+    # a slice starting anywhere is the same units' factors (a rank's share of a global batch)
+    whole = dropout_keep(seed, 4, 1, 1000, drop.threshold, drop.scale)
+    for start, count in ((0, 1000), (3, 17), (8, 40), (333, 667), (999, 1)):
+        part = dropout_keep(seed, 4, 1, count, drop.threshold, drop.scale, start=start)
+        assert torch.equal(part, whole[start : start + count]), (start, count)
     # a keyed module applies exactly these factors
     module = Dropout(0.3, layer=2)
-    module.key = (seed, 5)
+    module.key = (seed, 5, 0)
     x = torch.ones(16, 24)
     expected = dropout_keep(seed, 5, 2, x.numel(), drop.threshold, drop.scale).view(16, 24)
     assert torch.equal(module(x), expected)
@@ -195,7 +200,7 @@ def test_autograd_steps_key_the_dropout_by_seed_and_step():
         for users, items, labels in random_batches(3):
             step(users, items, labels)
         drops = [m for m in model.modules() if isinstance(m, Dropout)]
-        assert len(drops) == 3 and all(m.key == (9, 3) for m in drops)
+        assert len(drops) == 3 and all(m.key == (9, 3, 0) for m in drops)
         again = make_step(build_model("mlp", 30, 25, seed=0, **{**KWARGS, "dropout": 0.25}), config)
         again.load_state_dict(step.state_dict())
         assert again.forward_loss.keys.taken == 3

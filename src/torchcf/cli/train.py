@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,30 @@ def add_parser(sub: Any) -> None:
     )
     o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_seed_flags(train)
+    d = train.add_argument_group(
+        "several processes (torch.distributed; torchrun -m torchcf train ... works too)"
+    )
+    d.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes of this machine (started through torch.distributed.run); "
+        "--batch-size is the global batch, each process trains on its 1/N",
+    )
+    d.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "gloo", "nccl"),
+        help="process group backend (auto: NCCL on CUDA, else gloo)",
+    )
+    d.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a rank that waits this long for the others (one died or hangs) stops with an error",
+    )
 
 
 def _fast() -> list[str]:
@@ -64,18 +89,65 @@ def _fast() -> list[str]:
     return [k for k in keys if any(n.startswith("fast") for n in recipe_names(k, fast=True))]
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: this command again on N processes, through torchrun's own launcher."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # the command without --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    try:
+        torchrun.main(["--standalone", f"--nproc-per-node={args.nproc}", "-m", "torchcf", *argv])
+    except ChildFailedError as exc:
+        failures = "; ".join(
+            f"rank {rank}: exit {failure.exitcode}" for rank, failure in exc.failures.items()
+        )
+        raise TorchcfError(
+            f"the distributed run failed ({failures}); see the ranks' errors above"
+        ) from None
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from torchcf import distributed
+
+    setup_torch(args)
+    if not 1 <= args.nproc <= 1024:
+        raise TorchcfError(f"--nproc must be in [1, 1024], got {args.nproc}")
+    if args.nproc > 1 and distributed.launched():
+        raise TorchcfError("--nproc starts the processes itself: not under torchrun")
+    if not args.dist_timeout > 0 or args.dist_timeout > 1e6:
+        raise TorchcfError(f"--dist-timeout must be in (0, 1e6] seconds, got {args.dist_timeout}")
+    if args.nproc > 1:
+        if args.seeds is not None or args.split_seeds:
+            raise TorchcfError("--nproc trains one run: not with --seeds")
+        overrides(args)  # every option checked before the processes start
+        return _launch(args)
+    try:
+        distributed.setup(args.backend, args.dist_timeout, args.device or "auto")
+        return _run(args)
+    finally:
+        distributed.teardown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from torchcf import distributed
     from torchcf.runs.train import pretrained_parts, recipe_names, run_training
     from torchcf.training.config import recipe
 
-    setup_torch(args)
     spec = data_spec(args)
     given = overrides(args)
     parts = {"gmf": args.pretrain_gmf, "mlp": args.pretrain_mlp}
     wants_pretrain = bool(args.pretrain or any(parts.values()))
     if wants_pretrain and args.model != "neumf":
         raise TorchcfError(f"--pretrain initialises neumf, not {args.model}")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = distributed.same(distributed.current(), time.strftime("%Y%m%d-%H%M%S"))
     out = Path(args.out or os.path.join("runs", f"{args.model}-{stamp}"))
     if args.seeds is not None or args.split_seeds:
         return _seeds(args, spec, given, out, wants_pretrain)

@@ -2,9 +2,11 @@
 
 Per-user results (``protocols.per_user``) of two models on the same holdout are paired by user.
 For each metric: the mean difference with a paired bootstrap 95 % confidence interval over users
-(``scipy.stats.bootstrap``, seeded), and a paired test: the exact sign test on the users whose
-hit differs (McNemar's exact form, ``scipy.stats.binomtest``) for HR, the Wilcoxon signed-rank
-test (``scipy.stats.wilcoxon``) for NDCG. ``holm`` adjusts p-values for several comparisons.
+(the percentile interval ``scipy.stats.bootstrap`` gives under the same seed, computed by
+``bootstrap_ci`` from resample counts shared by every metric and pair), and a paired test: the
+exact sign test on the users whose hit differs (McNemar's exact form, ``scipy.stats.binomtest``)
+for HR, the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``) for NDCG. ``holm`` adjusts
+p-values for several comparisons.
 
 Over several seeds: ``over_seeds`` summarises one model's metric (mean, standard deviation, a
 95 % t interval), ``seed_difference`` tests two models' per-seed metrics paired by seed
@@ -25,6 +27,7 @@ from torchcf.errors import DataError
 
 __all__ = [
     "PairedDifference",
+    "bootstrap_ci",
     "SeedDifference",
     "SeedSummary",
     "holm",
@@ -90,6 +93,47 @@ def verdict(
     return f"no evidence of a difference at {alpha:.0%}"
 
 
+_CACHED_COUNTS = 1 << 27  # resamples x users up to which the resample counts are kept (uint8)
+_counts_cache: dict[tuple[int, int, int], list[np.ndarray]] = {}
+
+
+def _resample_counts(n: int, seed: int, resamples: int, chunk: int = 500) -> list[np.ndarray]:
+    """How often each of ``n`` users is drawn in each resample, ``(rows, n)`` chunks of uint8:
+    the draws of ``scipy.stats.bootstrap`` (``rng.integers(0, n, (resamples, n))`` from
+    ``default_rng(seed)``, drawn row after row). Kept for the last (n, seed, resamples) when
+    small, as every metric and pair of a comparison resamples the same users."""
+    key = (n, seed, resamples)
+    if key in _counts_cache:
+        return _counts_cache[key]
+    rng = np.random.default_rng(seed)
+    offsets = (np.arange(chunk, dtype=np.int64) * n)[:, None]
+    out = []
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        drawn = rng.integers(0, n, (rows, n)) + offsets[:rows]
+        counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n)
+        out.append(counts.astype(np.uint8 if counts.max() < 256 else np.uint16))
+    if resamples * n <= _CACHED_COUNTS:
+        _counts_cache.clear()
+        _counts_cache[key] = out
+    return out
+
+
+def bootstrap_ci(
+    values: np.ndarray, seed: int = 0, resamples: int = 10_000, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile bootstrap ``level`` interval of the mean of each column of ``values``
+    ``(n, m)``, every column over the same resamples of the ``n`` rows: for each column what
+    ``scipy.stats.bootstrap((column,), np.mean, method="percentile", random_state=
+    np.random.default_rng(seed))`` gives (tested equal), in one pass (a mean of a resample is
+    its counts times the values)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[0]
+    means = np.concatenate([c @ values / n for c in _resample_counts(n, seed, resamples)])
+    tail = (1 - level) / 2 * 100
+    return np.percentile(means, tail, axis=0), np.percentile(means, 100 - tail, axis=0)
+
+
 def paired_difference(
     a: np.ndarray,
     b: np.ndarray,
@@ -97,25 +141,22 @@ def paired_difference(
     kind: str,
     seed: int = 0,
     resamples: int = 10_000,
+    ci: tuple[float, float] | None = None,
 ) -> PairedDifference:
     """``a − b`` of per-user values (the same users, in the same order). ``kind`` ``"hit"``
-    (0/1 values: exact sign test on the discordant users) or ``"ndcg"`` (Wilcoxon)."""
+    (0/1 values: exact sign test on the discordant users) or ``"ndcg"`` (Wilcoxon). ``ci``:
+    the difference's bootstrap interval when the caller computed it (``bootstrap_ci``)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
         raise DataError(f"paired values need the same users, got {a.shape} and {b.shape}")
     diff = a - b
     if np.all(diff == diff[0]):  # no spread: the bootstrap has nothing to resample
         low = high = float(diff[0])
+    elif ci is not None:
+        low, high = ci
     else:
-        ci = stats.bootstrap(
-            (diff,),
-            np.mean,
-            confidence_level=0.95,
-            n_resamples=resamples,
-            method="percentile",
-            random_state=np.random.default_rng(seed),
-        ).confidence_interval
-        low, high = float(ci.low), float(ci.high)
+        lows, highs = bootstrap_ci(diff[:, None], seed, resamples)
+        low, high = float(lows[0]), float(highs[0])
     if kind == "hit":
         better, worse = int((diff > 0).sum()), int((diff < 0).sum())
         test = "exact sign test on discordant users (McNemar)"
@@ -141,7 +182,13 @@ def paired_metrics(
     joined = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
     if (joined["_merge"] != "both").any():
         raise DataError("the runs were not evaluated on the same users: not the same split")
+    columns = (("hit", "HR"), ("ndcg", "NDCG"))
     for (holdout, protocol), rows in joined.groupby(["holdout", "protocol"], sort=False):
+        diffs = np.stack(
+            [rows[f"{c}_a"].to_numpy(float) - rows[f"{c}_b"].to_numpy(float) for c, _ in columns],
+            axis=1,
+        )
+        lows, highs = bootstrap_ci(diffs, seed, resamples)
         out[(str(holdout), str(protocol))] = [
             paired_difference(
                 rows[f"{column}_a"].to_numpy(),
@@ -150,8 +197,9 @@ def paired_metrics(
                 column,
                 seed,
                 resamples,
+                ci=(float(lows[j]), float(highs[j])),
             )
-            for column, name in (("hit", "HR"), ("ndcg", "NDCG"))
+            for j, (column, name) in enumerate(columns)
         ]
     return out
 

@@ -88,15 +88,18 @@ def dropout_keep(
     threshold: int,
     scale: float,
     device: torch.device | str = "cpu",
+    start: int = 0,
 ) -> torch.Tensor:
     """The dropout factors of tower layer ``layer`` at training step ``step`` (1-based), for
-    ``count`` units in row-major order: 0 where unit ``j``'s random byte is below
-    ``threshold``, else ``scale``. The bytes come from splitmix64 keyed by (seed, step, layer)
-    and the unit's position, the generator of the compiled tower kernel (tested equal to its
-    ``dropout_keep``), so masks depend on no thread, device, call size or global state."""
+    units ``start`` … ``start + count - 1`` in row-major order: 0 where unit ``j``'s random
+    byte is below ``threshold``, else ``scale``. The bytes come from splitmix64 keyed by (seed,
+    step, layer) and the unit's position, the generator of the compiled tower kernel (tested
+    equal to its ``dropout_keep``), so masks depend on no thread, device, call size or global
+    state; a rank training rows ``r…`` of a global batch takes ``start = r × width``."""
     key = _mix_int((seed & _MASK64) ^ _mix_int((step * 64 + layer) & _MASK64))
-    blocks = torch.arange((count + 7) // 8, dtype=torch.int64, device=device) + _signed(key)
-    units = _mix(blocks).view(torch.uint8)[:count]  # byte b of block j: unit 8j + b
+    first, skip = divmod(start, 8)
+    blocks = torch.arange(first, (start + count + 7) // 8, dtype=torch.int64, device=device)
+    units = _mix(blocks + _signed(key)).view(torch.uint8)[skip : skip + count]  # unit 8j + b
     factor = torch.tensor(scale, dtype=torch.float32, device=device)
     return (units >= threshold).to(torch.float32) * factor
 
@@ -106,10 +109,11 @@ class Dropout(nn.Module):
 
     The drop probability is rounded to a multiple of 1/256 (0.2 → 51/256 = 0.1992) and the kept
     units are scaled by the exact 1/(1 - p) of that rounding, so expectations are unchanged.
-    The training step sets ``key = (seed, step)`` before each batch, so a run's masks are the
-    kernel's and repeat on a resumed run; without a key (a model used outside a step) each call
-    draws a seed from torch's global generator (repeatable under ``torch.manual_seed``).
-    ``layer`` is the tower layer the dropout follows.
+    The training step sets ``key = (seed, step, row)`` before each batch (``row``: the batch's
+    first row in the global batch, 0 but on a rank of a distributed run), so a run's masks are
+    the kernel's, repeat on a resumed run and do not depend on the number of ranks; without a key
+    (a model used outside a step) each call draws a seed from torch's global generator
+    (repeatable under ``torch.manual_seed``). ``layer`` is the tower layer the dropout follows.
     """
 
     def __init__(self, p: float, layer: int = 0) -> None:
@@ -118,13 +122,16 @@ class Dropout(nn.Module):
         self.layer = layer
         self.threshold = max(1, round(p * 256))  # bytes below it are dropped
         self.scale = 256.0 / (256 - self.threshold)
-        self.key: tuple[int, int] | None = None
+        self.key: tuple[int, int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        seed, step = self.key if self.key is not None else (int(torch.randint(2**62, (1,))), 0)
-        keep = dropout_keep(seed, step, self.layer, x.numel(), self.threshold, self.scale, x.device)
+        seed, step, row = self.key or (int(torch.randint(2**62, (1,))), 0, 0)
+        width = x.numel() // max(1, x.shape[0]) if x.dim() else 1
+        keep = dropout_keep(
+            seed, step, self.layer, x.numel(), self.threshold, self.scale, x.device, row * width
+        )
         return _MaskedScale.apply(x, keep.view(x.shape).to(x.dtype))
 
     def extra_repr(self) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from torchcf import distributed
 from torchcf.data.sources import DataSpec, load_split
 from torchcf.data.split import Split
 from torchcf.errors import ConfigError
@@ -265,8 +266,10 @@ def _start(
     progress: bool,
     echo: Echo,
     command: list[str] | None,
+    world: distributed.World,
 ) -> tuple[Split, ScoringModel, dict[str, Any]]:
-    """Load and split the data, build the model (from the pretrained parts), write the config."""
+    """Load and split the data, build the model (from the pretrained parts), write the config
+    (rank 0)."""
     split, source = load_split(data, config.split, progress=progress)
     echo(
         f"data: {split.num_users} users, {split.num_items} items, {len(split.train)} training "
@@ -288,6 +291,8 @@ def _start(
             f"initialised from gmf {pretrained.gmf} and mlp {pretrained.mlp} "
             f"(alpha {pretrained.alpha})"
         )
+    if not world.main:
+        return split, model, source
     run.path.mkdir(parents=True, exist_ok=True)
     recorded = {
         "source": source,
@@ -308,8 +313,10 @@ def _fit(
     progress: bool,
     echo: Echo,
     initial: bool,
+    world: distributed.World,
 ) -> tuple[Trainer, FitResult]:
-    """Train with the per-epoch line, metrics.csv and checkpoint after every epoch."""
+    """Train with the per-epoch line, metrics.csv and checkpoint after every epoch (written by
+    rank 0; every rank resumes from the checkpoint)."""
     k = config.split.k
     epochs = config.train.epochs
     if isinstance(model, FittedModel) and model.max_epochs is not None:
@@ -327,9 +334,10 @@ def _fit(
         split,
         config.train,
         k=k,
-        callbacks=[on_epoch, checkpoint_callback(run.checkpoint)],
+        callbacks=[on_epoch, checkpoint_callback(run.checkpoint)] if world.main else [],
         progress=on_step if bar is not None else None,
         evaluate_initial=initial,
+        world=world,
     )
     if resume:
         trainer.load_checkpoint(run.checkpoint)
@@ -356,16 +364,49 @@ def run_training(
     """Train, evaluate and save one model; returns the ``metrics.json`` summary.
 
     ``pretrained`` initialises a NeuMF from a GMF and an MLP run directory before training.
+    In a distributed run (torchrun) every rank trains and evaluates its share; rank 0 alone
+    prints and writes the run directory (the others return ``{}`` once it is written).
     """
     run = RunDir(out)
     data = data.resolved()
     if pretrained is not None and config.model != "neumf":
         raise ConfigError(f"pretraining initialises neumf, not {config.model}")
-    run.prepare(resume=resume, overwrite=overwrite)
+    world = distributed.current()
+    if not world.main:
+        progress, echo = False, _silent
+    distributed.agree(world, lambda: run.prepare(resume=resume, overwrite=overwrite))
     resolve_device(config.train.device)  # fail before the (slow) data loading
     started = time.perf_counter()
-    split, model, source = _start(data, config, run, pretrained, progress, echo, command)
-    trainer, fit = _fit(model, split, config, run, resume, progress, echo, pretrained is not None)
+    split, model, source = _start(data, config, run, pretrained, progress, echo, command, world)
+    trainer, fit = _fit(
+        model, split, config, run, resume, progress, echo, pretrained is not None, world
+    )
+    if not world.main:
+        distributed.barrier(world)  # until rank 0 has written the run
+        return {}
+    try:
+        return _finish(run, out, config, split, model, fit, trainer, source, started, echo)
+    finally:
+        distributed.barrier(world)
+
+
+def _silent(message: str) -> None:
+    """The echo of a rank other than 0: it prints nothing."""
+
+
+def _finish(
+    run: RunDir,
+    out: str | Path,
+    config: Recipe,
+    split: Split,
+    model: ScoringModel,
+    fit: FitResult,
+    trainer: Trainer,
+    source: dict[str, Any],
+    started: float,
+    echo: Echo,
+) -> dict[str, Any]:
+    """The selected epoch's evaluation and every file of the run directory."""
     model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
     k = config.split.k
     full, users = evaluate_selected(model, split, k, trainer.device)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from torchcf import native
+from torchcf.distributed import World
 from torchcf.errors import ConfigError
 from torchcf.models.base import ScoringModel
 from torchcf.models.layers import DotLayout, Dropout, TowerLayout
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AutogradStep",
+    "DistributedStep",
     "DotProductAdamStep",
     "FlatAdamStep",
     "NativeDotProductAdamStep",
@@ -94,10 +96,12 @@ class DropoutKeys:
         self.seed = seed
         self.taken = 0  # optimizer steps taken
 
-    def next_step(self) -> None:
+    def next_step(self, row: int = 0) -> None:
+        """Key the masks of the next step; ``row``: the batch's first row in the global batch
+        (a rank's share of it starts there)."""
         self.taken += 1
         for layer in self.dropouts:
-            layer.key = (self.seed, self.taken)
+            layer.key = (self.seed, self.taken, row)
 
 
 class ForwardLoss:
@@ -150,6 +154,10 @@ class AutogradStep:
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         logits, loss = self.forward_loss(users, items, labels)
+        return self._descend(logits, loss)
+
+    def _descend(self, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """Backward from ``loss`` and every optimizer's step; the logits, detached."""
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,6 +180,54 @@ class AutogradStep:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
         self.forward_loss.keys.taken = int(state["taken"])
+
+
+class DistributedStep(AutogradStep):
+    """Autograd on each of several processes, the gradients averaged by PyTorch's
+    ``DistributedDataParallel`` (its bucketed all-reduce, overlapped with the backward pass).
+
+    Each rank trains on its share of every global batch (``distributed.World.span``); its loss
+    is its share's sum over the global batch's size, times the ranks (DDP averages), so the
+    averaged gradient is the global batch's mean gradient and N ranks take the steps one process
+    takes with the same global batch, up to floating-point summation order (tested). The dropout
+    masks are keyed by the share's first row in the global batch, so they do not depend on N.
+    The compiled kernels update parameters outside autograd; on several ranks every neural model
+    trains through this step (``torch.optim``'s optimizers; lazy Adam's sparse rows excepted).
+    """
+
+    def __init__(self, model: ScoringModel, config: TrainConfig, world: World) -> None:
+        if config.optimizer == "lazy-adam":
+            raise ConfigError(
+                "--optimizer lazy-adam trains in one process (its sparse rows have no "
+                "distributed step yet): use adam with torchrun/--nproc"
+            )
+        super().__init__(model, config)
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.world = world
+        device = next(model.parameters()).device
+        devices = None if device.type == "cpu" else [device]
+        self.ddp = DistributedDataParallel(model, device_ids=devices)
+        self.forward_loss.forward = _forward(self.ddp, config)  # type: ignore[arg-type]
+
+    def __call__(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        labels: torch.Tensor,
+        total: int | None = None,
+        row: int = 0,
+    ) -> torch.Tensor:
+        """One step on this rank's share (rows ``row`` … of a global batch of ``total``)."""
+        total = len(users) if total is None else total
+        self.forward_loss.keys.next_step(row)
+        logits = self.forward_loss.forward(users, items)
+        if len(users):
+            share = len(users) * self.world.size / total
+            loss = self.forward_loss.loss(logits, labels) * share
+        else:  # an empty share still takes part in the all-reduce
+            loss = logits.sum() * 0.0
+        return self._descend(logits, loss)
 
 
 class FlatAdam:

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from torchcf import distributed
 from torchcf.data.split import Split
+from torchcf.distributed import World
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.evaluation.metrics import hit_rate, ndcg
 from torchcf.evaluation.protocols import holdout_ranks
@@ -27,7 +29,7 @@ from torchcf.models.base import FittedModel, ScoringModel
 from torchcf.training.config import TrainConfig
 from torchcf.training.epochs import EpochSampler
 from torchcf.training.losses import LOSSES
-from torchcf.training.steps import CompiledSteps, make_step
+from torchcf.training.steps import CompiledSteps, DistributedStep, TrainStep, make_step
 
 __all__ = [
     "METRICS",
@@ -106,6 +108,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         progress: Callable[[int, int, int], Any] | None = None,
         evaluate_initial: bool = False,
+        world: World | None = None,
     ) -> None:
         self.selection = config.select_by
         if self.selection == "auto":
@@ -122,7 +125,15 @@ class Trainer:
         self.model.to(self.device)
         # baselines fit themselves (closed form, alternating solves): no optimizer step
         self.fitted = isinstance(model, FittedModel)
-        self.step = None if self.fitted else make_step(self.model, config)
+        # several processes (torchrun): each trains and evaluates its share (torchcf.distributed)
+        self.world = world or distributed.current()
+        if self.world.size > 1 and self.fitted:
+            raise ConfigError(f"{model.name} fits in one process: run it without torchrun/--nproc")
+        self.step: TrainStep | None = None
+        if self.world.size > 1:
+            self.step = DistributedStep(self.model, config, self.world)
+        elif not self.fitted:
+            self.step = make_step(self.model, config)
         self.sampler = EpochSampler(
             split.train,
             config.num_negatives,
@@ -167,15 +178,21 @@ class Trainer:
             self.progress(epoch, 0, total)  # an epoch starts
         loss, count = 0.0, 0
         for users, items, labels, order in self.sampler.epoch(epoch):
-            count += len(order)
             if isinstance(self.step, CompiledSteps):
+                count += len(order)
                 loss += self._run_calls(epoch, users, items, labels, order, total)
             else:
                 logits, shuffled = self._step_batches(
                     epoch, users[order], items[order], labels[order], total
                 )
-                part_loss = LOSSES[self.config.loss](logits.double(), shuffled.double())
-                loss += float(part_loss) * len(order)
+                if len(logits):  # (a rank's share: its samples' loss, summed over the ranks)
+                    part_loss = LOSSES[self.config.loss](logits.double(), shuffled.double())
+                    loss += float(part_loss) * len(logits)
+                count += len(logits)
+        if self.world.size > 1:
+            sums = torch.tensor([loss, float(count)], dtype=torch.float64)
+            torch.distributed.all_reduce(sums)
+            loss, count = float(sums[0]), int(sums[1])
         mean = loss / count if count else 0.0
         if not math.isfinite(mean):
             raise TorchcfError(
@@ -210,16 +227,33 @@ class Trainer:
         labels: torch.Tensor,
         total: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step on each batch of the shuffled epoch; returns (logits, labels)."""
+        """The step on each batch of the shuffled epoch; returns (logits, labels) of the samples
+        this process trained (on several ranks: its share of every global batch)."""
         size = self.config.batch_size
-        logits = []
+        logits, trained = [], []
         batches = zip(users.split(size), items.split(size), labels.split(size), strict=True)
         assert self.step is not None
         for batch_users, batch_items, batch_labels in batches:  # (dropout: keyed by the step)
-            logits.append(self.step(batch_users, batch_items, batch_labels))
+            if isinstance(self.step, DistributedStep):
+                lo, hi = self.world.span(len(batch_users))
+                logits.append(
+                    self.step(
+                        batch_users[lo:hi],
+                        batch_items[lo:hi],
+                        batch_labels[lo:hi],
+                        total=len(batch_users),
+                        row=lo,
+                    )
+                )
+                trained.append(batch_labels[lo:hi])
+            else:
+                logits.append(self.step(batch_users, batch_items, batch_labels))
+                trained.append(batch_labels)
             if self.progress is not None:
                 self.progress(epoch, len(batch_users), total)
-        return (torch.cat(logits) if logits else torch.zeros(0)), labels
+        if not logits:
+            return torch.zeros(0), labels[:0]
+        return torch.cat(logits), torch.cat(trained)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Every metric of ``METRICS`` at ``k`` on each holdout."""
@@ -227,9 +261,16 @@ class Trainer:
         for holdout in (self.split.test, self.split.validation):
             if holdout is None:
                 continue
+            # each rank ranks its share of the users; every rank gets all the ranks, in order
+            lo, hi = self.world.span(len(holdout))
             ranks = holdout_ranks(
-                self.model, holdout, self.device, candidates=self._candidates[holdout.name]
+                self.model,
+                holdout,
+                self.device,
+                candidates=self._candidates[holdout.name],
+                share=slice(lo, hi),
             )
+            ranks = distributed.gather(ranks, len(holdout), self.world)
             out[holdout.name] = {name: metric(ranks, self.k) for name, metric in METRICS.items()}
         return out
 
