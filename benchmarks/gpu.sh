@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # torchcf's training speed on a CUDA machine, in under 5 minutes: samples/s per model at the
-# seed's batch size and at large batches, and the fast mode's whole GMF run.
+# seed's batch size and at large batches, and the fast mode's whole GMF run; on a machine with
+# several GPUs, a GMF run on all of them (torchrun, NCCL) beside the same run on one.
 #
 #   bash benchmarks/gpu.sh [NCF_DIR] [--amp]
 #
@@ -32,3 +33,14 @@ fi
 .venv-gpu/bin/pip install -q --disable-pip-version-check -e .
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 timeout 290 .venv-gpu/bin/python benchmarks/gpu_speed.py --data "$DATA" "$@"
+# several GPUs: the same GMF run on every GPU (torchrun --nproc-per-node = GPUs, NCCL, the global
+# batch sliced per rank) and on one, epoch times side by side
+GPUS=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
+if [ "$GPUS" -gt 1 ] && [ -d "$DATA" ]; then
+  for n in 1 "$GPUS"; do
+    echo "== gmf, global batch 16384, $n GPU(s)"
+    timeout 300 .venv-gpu/bin/torchrun --standalone --nproc-per-node "$n" -m torchcf train \
+      --data "$DATA" --model gmf --batch-size 16384 --epochs 3 --no-progress --overwrite \
+      --out "/tmp/torchcf-gpu-ddp-$n" | grep -E "^epoch|^wrote"
+  done
+fi

@@ -35,6 +35,7 @@ SHAPES = {
     "gmf": {"embedding_dim": 8, "init_std": 0.1},
     "mlp": {"embedding_dim": 4, "layers": 3, "dropout": 0.0, "init_std": 0.1},
     "neumf": {"embedding_dim": 4, "layers": 3, "dropout": 0.0, "init_std": 0.1},
+    "ials": {"embedding_dim": 8},
 }
 
 
@@ -44,15 +45,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _train(name: str, data: str, config: TrainConfig, world_size: int, rank: int) -> Trainer:
+def _train(name: str, data: str, config: TrainConfig, shape: dict | None = None) -> Trainer:
     split, _ = load_split(DataSpec(path=data), SplitConfig(eval_negatives=20), progress=False)
-    model = build_model(name, split.num_users, split.num_items, seed=0, **SHAPES[name])
+    model = build_model(name, split.num_users, split.num_items, seed=0, **(shape or SHAPES[name]))
     trainer = Trainer(model, split, config)
     trainer.fit()
     return trainer
 
 
-def _rank(rank: int, world_size: int, port: int, name: str, data: str, out: str, config) -> None:
+def _rank(
+    rank: int, world_size: int, port: int, name: str, data: str, out: str, config, shape: dict
+) -> None:
     """One rank of a 2-process run: train, evaluate sharded, rank 0 saves what it got."""
     os.environ.update(
         RANK=str(rank),
@@ -64,7 +67,7 @@ def _rank(rank: int, world_size: int, port: int, name: str, data: str, out: str,
     torch.set_num_threads(1)
     world = distributed.setup("gloo", timeout=60)
     try:
-        trainer = _train(name, data, config, world_size, rank)
+        trainer = _train(name, data, config, shape)
         metrics = trainer.evaluate()
         lo, hi = world.span(len(trainer.split.test))
         if world.main:
@@ -81,8 +84,13 @@ def _rank(rank: int, world_size: int, port: int, name: str, data: str, out: str,
         distributed.teardown()
 
 
-def _two_ranks(name: str, data: str, config: TrainConfig, out: Path) -> dict:
-    mp.spawn(_rank, args=(2, _free_port(), name, data, str(out), config), nprocs=2, join=True)
+def _two_ranks(
+    name: str, data: str, config: TrainConfig, out: Path, shape: dict | None = None
+) -> dict:
+    shape = shape or SHAPES[name]
+    mp.spawn(
+        _rank, args=(2, _free_port(), name, data, str(out), config, shape), nprocs=2, join=True
+    )
     return torch.load(out, weights_only=False)
 
 
@@ -100,7 +108,7 @@ def test_two_ranks_take_one_process_steps(name, data, tmp_path):
     sharded evaluation exactly its metrics."""
     config = TrainConfig(epochs=6, batch_size=37, learning_rate=0.01, step="autograd")
     got = _two_ranks(name, data, config, tmp_path / "rank0.pt")
-    one = _train(name, data, config, 1, 0)
+    one = _train(name, data, config)
     steps = one.step.forward_loss.keys.taken  # type: ignore[union-attr]
     assert steps >= 200
     for key, want in one.model.state_dict().items():
@@ -109,10 +117,24 @@ def test_two_ranks_take_one_process_steps(name, data, tmp_path):
     assert got["history"] == pytest.approx([r.loss for r in one.history], rel=1e-5)
     assert got["metrics"] == one.evaluate()  # the same ranks, counted once each
     # one process's default step (the compiled kernel: torch.optim.Adam's formula) is close too
-    default = _train(name, data, config.replace(step="auto"), 1, 0)
+    default = _train(name, data, config.replace(step="auto"))
     for key, want in default.model.state_dict().items():
         rel = float((got["state"][key] - want).norm() / want.norm())
         assert rel < 1e-4, (key, rel)
+
+
+@pytest.mark.parametrize("solver", ["cg", "exact"])
+def test_two_ranks_ials_sweeps_equal_one_process(solver, data, tmp_path):
+    """iALS on 2 ranks: each solves its share of the users, then of the items, the shares
+    all-gathered between: the factors of a one-process fit (relative error < 1e-5)."""
+    shape = {**SHAPES["ials"], "solver": solver}
+    config = TrainConfig(epochs=3)
+    got = _two_ranks("ials", data, config, tmp_path / "rank0.pt", shape)
+    one = _train("ials", data, config, shape)
+    for key, want in one.model.state_dict().items():
+        rel = float((got["state"][key] - want).norm() / want.norm())
+        assert rel < 1e-5, (key, rel)
+    assert got["metrics"] == one.evaluate()
 
 
 def test_sharded_ranks_are_the_one_process_ranks(data):
@@ -235,6 +257,31 @@ def test_a_killed_rank_ends_the_job_and_resume_reaches_the_same_metrics(tmp_path
     assert "Traceback" not in stderr.strip().splitlines()[-1]
     resumed = run_cli(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = np.loadtxt(tmp_path / "whole" / "metrics.csv", delimiter=",", skiprows=1)[:, :6]
+    got = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1)[:, :6]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_a_restarted_job_resumes_from_its_checkpoint(tmp_path):
+    """torchrun --max-restarts restarts a failed job with TORCHELASTIC_RESTART_COUNT > 0: the
+    command then continues from the run's checkpoint by itself, to the uninterrupted metrics."""
+    path = tmp_path / "ratings.dat"
+    write_ml1m(path, tiny_rows(num_users=300, num_items=120, per_user=30, seed=4))
+    args = ["train", "--data", str(path), "--model", "gmf", "--epochs", "5", "--factors", "8",
+            "--batch-size", "16", "--no-progress", "--step", "autograd"]  # fmt: skip
+    whole = run_cli(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    job = subprocess.Popen([sys.executable, "-m", "torchcf", *args, "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.csv").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job.kill()
+    job.wait(timeout=30)
+    assert (out / "checkpoint.pt").is_file()
+    again = run_cli(*args, "--out", str(out), env={"TORCHELASTIC_RESTART_COUNT": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed after epoch" in again.stdout
     want = np.loadtxt(tmp_path / "whole" / "metrics.csv", delimiter=",", skiprows=1)[:, :6]
     got = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1)[:, :6]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)

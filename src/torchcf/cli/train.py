@@ -136,6 +136,18 @@ def run(args: argparse.Namespace) -> int:
         distributed.teardown()
 
 
+def _restarted(out: Path) -> bool:
+    """Did torchrun restart this job (``--max-restarts``) with a checkpoint to go on from? Then
+    it resumes by itself (with ``--out``: a default directory is new at every start)."""
+    from torchcf.runs.rundir import RunDir
+
+    try:
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return False
+    return restarts > 0 and RunDir(out).checkpoint.is_file()
+
+
 def _run(args: argparse.Namespace) -> int:
     from torchcf import distributed
     from torchcf.runs.train import pretrained_parts, recipe_names, run_training
@@ -152,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.seeds is not None or args.split_seeds:
         return _seeds(args, spec, given, out, wants_pretrain)
     options = {
-        "resume": args.resume,
+        "resume": args.resume or _restarted(out),
         "overwrite": args.overwrite,
         "progress": not args.no_progress,
         "command": command_line(),

@@ -152,6 +152,8 @@ class FittedModel(ScoringModel):
     """
 
     max_epochs: ClassVar[int | None] = 1  # closed form: more epochs would change nothing
+    # fit_epoch shares its work among the ranks of a distributed run (torchcf.distributed)
+    distributed: ClassVar[bool] = False
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
         """Fit (or refine, for iterative models) on ``train``; returns the objective or NaN."""

@@ -127,13 +127,16 @@ class Trainer:
         self.fitted = isinstance(model, FittedModel)
         # several processes (torchrun): each trains and evaluates its share (torchcf.distributed)
         self.world = world or distributed.current()
-        if self.world.size > 1 and self.fitted:
+        if self.world.size > 1 and self.fitted and not getattr(model, "distributed", False):
             raise ConfigError(f"{model.name} fits in one process: run it without torchrun/--nproc")
         self.step: TrainStep | None = None
-        if self.world.size > 1:
-            self.step = DistributedStep(self.model, config, self.world)
-        elif not self.fitted:
-            self.step = make_step(self.model, config)
+        if not self.fitted:
+            several = self.world.size > 1
+            self.step = (
+                DistributedStep(self.model, config, self.world)
+                if several
+                else make_step(self.model, config)
+            )
         self.sampler = EpochSampler(
             split.train,
             config.num_negatives,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from torchcf import native
+from torchcf import distributed, native
 from torchcf.data.interactions import Interactions
 from torchcf.models.base import (
     FITTED_TRAINING,
@@ -59,6 +59,7 @@ class IALS(FittedModel):
     name = "ials"
     Config = IALSConfig
     max_epochs = None
+    distributed = True
     use_kernel = True  # the compiled CG sweep where it is built (tests compare both paths)
 
     def __init__(
@@ -109,13 +110,24 @@ class IALS(FittedModel):
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
         by_user, by_item = self._matrices(train)
         users, items = self.user_embedding.weight, self.item_embedding.weight
-        if self.solver == "exact":
-            self._solve(users, items, by_user.csr)
-            self._solve(items, users, by_item.csr)
-        else:
-            self._conjugate_gradient(users, items, by_user)
-            self._conjugate_gradient(items, users, by_item)
+        self._half_sweep(users, items, by_user)
+        self._half_sweep(items, users, by_item)
         return math.nan
+
+    @torch.no_grad()
+    def _half_sweep(self, target: torch.Tensor, fixed: torch.Tensor, rows: Rows) -> None:
+        """Solve every row of ``target`` for ``fixed``. In a distributed run each rank solves
+        its share of the rows (each row's solve reads only ``fixed`` and the row itself, so it
+        is the one-process solve) and the shares are all-gathered before the other side."""
+        world = distributed.current()
+        lo, hi = world.span(len(target))
+        mine, share = target[lo:hi], rows.part(lo, hi)
+        if self.solver == "exact":
+            self._solve(mine, fixed, share.csr)
+        else:
+            self._conjugate_gradient(mine, fixed, share)
+        if world.size > 1:
+            target.copy_(distributed.gather(mine.clone(), len(target), world))
 
     def _matrices(self, train: Interactions) -> tuple[Rows, Rows]:
         """``train``'s users × items rows and items × users rows, made once per training set."""
@@ -228,12 +240,21 @@ class Rows:
     indptr: torch.Tensor  # int64
     indices: torch.Tensor  # int64
     counts: torch.Tensor  # float64: entries per row
+    parts: dict[tuple[int, int], Rows] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, csr: Any) -> Rows:
         indptr = torch.as_tensor(csr.indptr, dtype=torch.long)
         counts = (indptr[1:] - indptr[:-1]).double()
         return cls(csr, indptr, torch.as_tensor(csr.indices, dtype=torch.long), counts)
+
+    def part(self, lo: int, hi: int) -> Rows:
+        """Rows ``lo … hi − 1`` (a rank's share; all of them: this one), made once."""
+        if (lo, hi) == (0, self.csr.shape[0]):
+            return self
+        if (lo, hi) not in self.parts:
+            self.parts[(lo, hi)] = Rows.of(self.csr[lo:hi])
+        return self.parts[(lo, hi)]
 
 
 SPEC = ModelSpec(
