@@ -156,11 +156,16 @@ class AutogradStep:
         logits, loss = self.forward_loss(users, items, labels)
         return self._descend(logits, loss)
 
+    sparse: list[torch.Tensor] = []  # parameters whose dense gradient SparseAdam takes as rows
+
     def _descend(self, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """Backward from ``loss`` and every optimizer's step; the logits, detached."""
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for param in self.sparse:
+            if param.grad is not None:  # the rows with a gradient, as a row-sparse tensor
+                param.grad = param.grad.to_sparse(sparse_dim=1)
         for optimizer in self.optimizers:
             optimizer.step()
         return logits.detach()
@@ -192,18 +197,21 @@ class DistributedStep(AutogradStep):
     takes with the same global batch, up to floating-point summation order (tested). The dropout
     masks are keyed by the share's first row in the global batch, so they do not depend on N.
     The compiled kernels update parameters outside autograd; on several ranks every neural model
-    trains through this step (``torch.optim``'s optimizers; lazy Adam's sparse rows excepted).
+    trains through this step, with ``torch.optim``'s optimizers. Lazy Adam's embedding
+    gradients are all-reduced dense (gloo has no sparse all-reduce under DDP) and handed to
+    ``SparseAdam`` as the rows the global batch moved.
     """
 
     def __init__(self, model: ScoringModel, config: TrainConfig, world: World) -> None:
-        if config.optimizer == "lazy-adam":
-            raise ConfigError(
-                "--optimizer lazy-adam trains in one process (its sparse rows have no "
-                "distributed step yet): use adam with torchrun/--nproc"
-            )
         super().__init__(model, config)
         from torch.nn.parallel import DistributedDataParallel
 
+        self.sparse: list[torch.Tensor] = []
+        if config.optimizer == "lazy-adam":  # dense through DDP, sparse for SparseAdam
+            for module in model.modules():
+                if isinstance(module, torch.nn.Embedding):
+                    module.sparse = False
+                    self.sparse.append(module.weight)
         self.world = world
         device = next(model.parameters()).device
         devices = None if device.type == "cpu" else [device]
