@@ -24,7 +24,7 @@ from torchcf import distributed
 from torchcf.data.sources import DataSpec, load_split
 from torchcf.data.split import SplitConfig
 from torchcf.errors import ConfigError
-from torchcf.evaluation.protocols import holdout_ranks
+from torchcf.evaluation.protocols import full_ranks, holdout_ranks
 from torchcf.models.registry import build_model
 from torchcf.training.config import TrainConfig
 from torchcf.training.trainer import Trainer
@@ -145,17 +145,25 @@ def test_two_ranks_ials_sweeps_equal_one_process(solver, data, tmp_path):
 
 def test_sharded_ranks_are_the_one_process_ranks(data):
     """Each rank's share of the users (contiguous, in rank order) gathered back is the
-    one-process ranking, user for user, also when the users do not divide evenly."""
+    one-process ranking, user for user (sampled candidates and full ranking with its top-k
+    lists), also when the users do not divide evenly."""
     split, _ = load_split(DataSpec(path=data), SplitConfig(eval_negatives=20), progress=False)
     model = build_model("gmf", split.num_users, split.num_items, seed=3)
     whole = holdout_ranks(model, split.test)
+    known = split.known_items()
+    full, lists = full_ranks(model, split.test, known, top_k=5)
     for size in (2, 3, 7):
-        parts = []
+        parts, full_parts, list_parts = [], [], []
         for rank in range(size):
             lo, hi = distributed.World(rank, size).span(len(split.test))
             parts.append(holdout_ranks(model, split.test, share=slice(lo, hi)))
+            ranks, shown = full_ranks(model, split.test, known, top_k=5, share=slice(lo, hi))
+            full_parts.append(ranks)
+            list_parts.append(shown)
         assert sum(len(p) for p in parts) == len(split.test)
         assert torch.equal(torch.cat(parts), whole)
+        assert torch.equal(torch.cat(full_parts), full)
+        assert np.array_equal(np.concatenate(list_parts), lists)
 
 
 def test_one_process_world_and_refusals():

@@ -189,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
             parts=parts,
             fast=args.fast,
             progress=options["progress"],
+            echo=print if distributed.current().main else (lambda message: None),
         )
     run_training(spec, config, out, pretrained=pretrained, **options)
     return 0

@@ -152,11 +152,13 @@ def full_ranks(
     device: torch.device | str = "cpu",
     top_k: int = 0,
     batch_users: int | None = None,
+    share: slice = slice(None),
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Rank of each held-out item among **all** items the user has not interacted with.
 
     ``exclude`` (users × items CSR, e.g. training + validation) is masked out; the held-out item
-    itself never is. Ties count against it, NaN ranks last. Users are scored in chunks of about
+    itself never is. Ties count against it, NaN ranks last. ``share``: only these of the
+    holdout's users (a rank's share in a distributed run). Users are scored in chunks of about
     2^24 floats, so memory is bounded on large catalogues. Returns the ranks ``(n,)`` and, when
     ``top_k``, every user's top-``top_k`` items ``(n, top_k)`` (for coverage; else ``(n, 0)``).
     """
@@ -168,9 +170,10 @@ def full_ranks(
         width = 1 if flat else max(1, model.pair_width)
         batch_users = max(1, 2**24 // (num_items * width))
     ranks, shown = [], []
-    for s in range(0, len(holdout), batch_users):
-        users = holdout.users[s : s + batch_users]
-        positives = torch.as_tensor(holdout.items[s : s + batch_users], device=device)
+    all_users, all_items = holdout.users[share], holdout.items[share]
+    for s in range(0, len(all_users), batch_users):
+        users = all_users[s : s + batch_users]
+        positives = torch.as_tensor(all_items[s : s + batch_users], device=device)
         scores = model.score_all(torch.as_tensor(users, device=device)).float()
         scores = torch.nan_to_num(scores, nan=-math.inf)
         mask = rows_mask(exclude, users, num_items).to(device)

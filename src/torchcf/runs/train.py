@@ -381,11 +381,13 @@ def run_training(
     trainer, fit = _fit(
         model, split, config, run, resume, progress, echo, pretrained is not None, world
     )
+    model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
+    evaluated = evaluate_selected(model, split, config.split.k, trainer.device, world)
     if not world.main:
         distributed.barrier(world)  # until rank 0 has written the run
         return {}
     try:
-        return _finish(run, out, config, split, model, fit, trainer, source, started, echo)
+        return _finish(run, out, config, split, model, fit, evaluated, source, started, echo)
     finally:
         distributed.barrier(world)
 
@@ -401,15 +403,14 @@ def _finish(
     split: Split,
     model: ScoringModel,
     fit: FitResult,
-    trainer: Trainer,
+    evaluated: tuple[dict[str, Any], pd.DataFrame],
     source: dict[str, Any],
     started: float,
     echo: Echo,
 ) -> dict[str, Any]:
-    """The selected epoch's evaluation and every file of the run directory."""
-    model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
+    """Every file of the run directory, from the selected epoch's weights and evaluation."""
     k = config.split.k
-    full, users = evaluate_selected(model, split, k, trainer.device)
+    full, users = evaluated
     run.write_per_user(users, split.train)
     summary = {
         "model": config.model,
@@ -443,17 +444,32 @@ def _finish(
 
 
 def evaluate_selected(
-    model: ScoringModel, split: Split, k: int, device: torch.device | str = "cpu"
+    model: ScoringModel,
+    split: Split,
+    k: int,
+    device: torch.device | str = "cpu",
+    world: distributed.World | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """The full-ranking metrics of the test holdout and the per-user table: every user of each
-    holdout under the sampled protocol, and of the test holdout under full ranking."""
+    holdout under the sampled protocol, and of the test holdout under full ranking. In a
+    distributed run each rank ranks its share of the users and every rank gets all of them."""
+    world = world or distributed.World()
     ks = full_ks(k)
-    ranks, lists = full_ranks(model, split.test, split.known_items(), device, top_k=max(ks))
-    rows = [per_user(split.test, ranks, k, "full")]
-    for holdout in (split.test, split.validation):
+    test = split.test
+    lo, hi = world.span(len(test))
+    ranks, lists = full_ranks(
+        model, test, split.known_items(), device, top_k=max(ks), share=slice(lo, hi)
+    )
+    ranks = distributed.gather(ranks, len(test), world)
+    lists = distributed.gather(torch.from_numpy(lists), len(test), world).numpy()
+    rows = [per_user(test, ranks, k, "full")]
+    for holdout in (test, split.validation):
         if holdout is not None:
-            rows.insert(-1, per_user(holdout, holdout_ranks(model, holdout, device), k, "sampled"))
-    return full_metrics(ranks, lists, split.test, model.num_items, ks), pd.concat(rows)
+            lo, hi = world.span(len(holdout))
+            sampled = holdout_ranks(model, holdout, device, share=slice(lo, hi))
+            sampled = distributed.gather(sampled, len(holdout), world)
+            rows.insert(-1, per_user(holdout, sampled, k, "sampled"))
+    return full_metrics(ranks, lists, test, model.num_items, ks), pd.concat(rows)
 
 
 def sampled_metrics(users: pd.DataFrame, k: int) -> dict[str, dict[str, float]]:
