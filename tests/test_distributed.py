@@ -247,8 +247,8 @@ def test_a_killed_rank_ends_the_job_and_resume_reaches_the_same_metrics(tmp_path
     """A rank killed mid-run: the job stops with a one-line error within 60 s; --resume then
     finishes with the metrics of an uninterrupted run."""
     path = tmp_path / "ratings.dat"
-    write_ml1m(path, tiny_rows(num_users=300, num_items=120, per_user=30, seed=2))
-    args = ["train", "--data", str(path), "--model", "gmf", "--epochs", "6", "--factors", "8",
+    write_ml1m(path, tiny_rows(num_users=200, num_items=100, per_user=25, seed=2))
+    args = ["train", "--data", str(path), "--model", "gmf", "--epochs", "4", "--factors", "8",
             "--batch-size", "32", "--no-progress", "--nproc", "2", "--threads", "1"]  # fmt: skip
     whole = run_cli(*args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -301,3 +301,39 @@ def test_a_restarted_job_resumes_from_its_checkpoint(tmp_path):
     want = np.loadtxt(tmp_path / "whole" / "metrics.csv", delimiter=",", skiprows=1)[:, :6]
     got = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1)[:, :6]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks through /proc")
+def test_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):
+    """A rank that stops answering (SIGSTOP): the other's collective gives up after
+    --dist-timeout and the job ends with the one-line error, nothing half-written."""
+    path = tmp_path / "ratings.dat"
+    write_ml1m(path, tiny_rows(num_users=200, num_items=100, per_user=25, seed=3))
+    out = tmp_path / "hung"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torchcf", "train", "--data", str(path), "--model", "gmf",
+         "--epochs", "50", "--factors", "8", "--batch-size", "32", "--no-progress", "--nproc",
+         "2", "--threads", "1", "--dist-timeout", "8", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.csv").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ranks = _children(job.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[1], signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _, stderr = job.communicate(timeout=90)
+    finally:
+        for pid in ranks:  # never leave a stopped process behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert time.monotonic() - stopped < 60
+    assert job.returncode == 2 and "the distributed run failed" in stderr, stderr[-2000:]
+    assert not list(out.glob("*.tmp*")) and not (out / "metrics.json").exists()
