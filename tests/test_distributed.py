@@ -308,12 +308,12 @@ def test_a_hung_rank_ends_the_job_within_the_timeout(tmp_path):
     """A rank that stops answering (SIGSTOP): the other's collective gives up after
     --dist-timeout and the job ends with the one-line error, nothing half-written."""
     path = tmp_path / "ratings.dat"
-    write_ml1m(path, tiny_rows(num_users=200, num_items=100, per_user=25, seed=3))
+    write_ml1m(path, tiny_rows(num_users=120, num_items=80, per_user=20, seed=3))
     out = tmp_path / "hung"
     job = subprocess.Popen(
         [sys.executable, "-m", "torchcf", "train", "--data", str(path), "--model", "gmf",
          "--epochs", "50", "--factors", "8", "--batch-size", "32", "--no-progress", "--nproc",
-         "2", "--threads", "1", "--dist-timeout", "8", "--out", str(out)],
+         "2", "--threads", "1", "--dist-timeout", "5", "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
