@@ -439,6 +439,7 @@ def test_train_flags_are_exactly_the_settings_of_the_configs():
     others |= {"resume", "overwrite", "threads", "no_progress", "dataset", "data", "data_dir"}
     others |= {"no_download", "user_col", "item_col", "rating_col", "time_col", "sep"}
     others |= {"min_rating", "min_user_interactions", "allow_cold_items", "seeds", "split_seeds"}
+    others |= {"nproc", "backend", "dist_timeout"}  # several processes (torch.distributed)
     assert dests - others == settings
     help_text = train.format_help()
     for name in settings:
