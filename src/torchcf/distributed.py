@@ -34,6 +34,7 @@ __all__ = [
     "same",
     "setup",
     "teardown",
+    "total",
 ]
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -114,6 +115,15 @@ def gather(part: torch.Tensor, n: int, world: World) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: hi - lo] for p, (lo, hi) in zip(parts, spans, strict=True)])
+
+
+def total(world: World, *values: float) -> list[float]:
+    """The sums of ``values`` over every rank (in float64; the values themselves for one)."""
+    if world.size == 1:
+        return list(values)
+    sums = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(sums)
+    return sums.tolist()
 
 
 def same(world: World, value: T) -> T:

@@ -95,7 +95,7 @@ def _launch(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     argv, skip = [], False
-    for arg in sys.argv[1:]:  # the command without --nproc
+    for arg in sys.argv[1:]:  # the command without --nproc (torchrun's parser would take it)
         if skip:
             skip = False
         elif arg == "--nproc":
@@ -189,7 +189,6 @@ def _run(args: argparse.Namespace) -> int:
             parts=parts,
             fast=args.fast,
             progress=options["progress"],
-            echo=print if distributed.current().main else (lambda message: None),
         )
     run_training(spec, config, out, pretrained=pretrained, **options)
     return 0

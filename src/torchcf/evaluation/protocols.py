@@ -85,10 +85,11 @@ def holdout_ranks(
     # a model whose score_all is one matrix product scores whole rows and picks the candidates
     matrix = model.matrix_scoring and model.num_items <= 64 * max(1, candidates.shape[1])
     if batch_users is None:
-        width = model.num_items if matrix else max(1, candidates.shape[1]) * model.pair_width
-        batch_users = max(1, 2**24 // width)
         if model.blocked_scoring:  # towers: ~2^14 pairs a call, whose activations stay in cache
             batch_users = max(1, 2**14 // max(1, candidates.shape[1]))
+        else:
+            width = model.num_items if matrix else max(1, candidates.shape[1]) * model.pair_width
+            batch_users = max(1, 2**24 // width)
     out = []
     for s in range(0, len(users), batch_users):
         cand = candidates[s : s + batch_users]

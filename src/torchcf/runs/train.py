@@ -140,7 +140,7 @@ def pretrained_parts(
     own gmf and mlp runs); ``fast``: the parts' fast recipes. ``options`` go to ``ensure_run``
     (progress, echo, rerun)."""
     check_alpha(alpha)
-    echo: Echo = options.get("echo", print)
+    echo: Echo = options.get("echo", print) if distributed.current().main else _silent
     given = dict(parts or {})
     for part in ("gmf", "mlp"):
         if given.get(part) is not None:

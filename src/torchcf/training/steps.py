@@ -125,17 +125,22 @@ class AutogradStep:
     """Forward, BCE on logits, backward, optimizer step: works for every model.
 
     With ``optimizer='lazy-adam'`` the embeddings get sparse gradients and ``SparseAdam`` (only
-    the rows in the batch move, their moments too), the other parameters dense Adam.
+    the rows in the batch move, their moments too), the other parameters dense Adam. With
+    ``dense_rows`` the embeddings' gradients stay dense through backward (to be all-reduced) and
+    reach ``SparseAdam`` as the rows that have one.
     """
 
-    def __init__(self, model: ScoringModel, config: TrainConfig) -> None:
+    def __init__(self, model: ScoringModel, config: TrainConfig, dense_rows: bool = False) -> None:
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizers: list[torch.optim.Optimizer]
+        self.sparse: list[torch.Tensor] = []  # dense gradients SparseAdam takes as rows
         if config.optimizer == "lazy-adam":
             embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
             for module in embeddings:
-                module.sparse = True
+                module.sparse = not dense_rows
+            if dense_rows:
+                self.sparse = [m.weight for m in embeddings]
             sparse_ids = {id(m.weight) for m in embeddings}
             sparse = [p for p in params if id(p) in sparse_ids]
             dense = [p for p in params if id(p) not in sparse_ids]
@@ -155,8 +160,6 @@ class AutogradStep:
     ) -> torch.Tensor:
         logits, loss = self.forward_loss(users, items, labels)
         return self._descend(logits, loss)
-
-    sparse: list[torch.Tensor] = []  # parameters whose dense gradient SparseAdam takes as rows
 
     def _descend(self, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """Backward from ``loss`` and every optimizer's step; the logits, detached."""
@@ -203,15 +206,9 @@ class DistributedStep(AutogradStep):
     """
 
     def __init__(self, model: ScoringModel, config: TrainConfig, world: World) -> None:
-        super().__init__(model, config)
+        super().__init__(model, config, dense_rows=True)  # (lazy Adam: dense through DDP)
         from torch.nn.parallel import DistributedDataParallel
 
-        self.sparse: list[torch.Tensor] = []
-        if config.optimizer == "lazy-adam":  # dense through DDP, sparse for SparseAdam
-            for module in model.modules():
-                if isinstance(module, torch.nn.Embedding):
-                    module.sparse = False
-                    self.sparse.append(module.weight)
         self.world = world
         device = next(model.parameters()).device
         devices = None if device.type == "cpu" else [device]

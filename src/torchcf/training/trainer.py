@@ -127,15 +127,15 @@ class Trainer:
         self.fitted = isinstance(model, FittedModel)
         # several processes (torchrun): each trains and evaluates its share (torchcf.distributed)
         self.world = world or distributed.current()
-        if self.world.size > 1 and self.fitted and not getattr(model, "distributed", False):
+        if self.world.size > 1 and isinstance(model, FittedModel) and not model.distributed:
             raise ConfigError(f"{model.name} fits in one process: run it without torchrun/--nproc")
         self.step: TrainStep | None = None
         if not self.fitted:
-            several = self.world.size > 1
+            distributed_step = self.world.size > 1
             self.step = (
-                DistributedStep(self.model, config, self.world)
-                if several
-                else make_step(self.model, config)
+                DistributedStep(model, config, self.world)
+                if distributed_step
+                else make_step(model, config)
             )
         self.sampler = EpochSampler(
             split.train,
@@ -192,10 +192,8 @@ class Trainer:
                     part_loss = LOSSES[self.config.loss](logits.double(), shuffled.double())
                     loss += float(part_loss) * len(logits)
                 count += len(logits)
-        if self.world.size > 1:
-            sums = torch.tensor([loss, float(count)], dtype=torch.float64)
-            torch.distributed.all_reduce(sums)
-            loss, count = float(sums[0]), int(sums[1])
+        loss, samples = distributed.total(self.world, loss, count)  # (over the ranks)
+        count = int(samples)
         mean = loss / count if count else 0.0
         if not math.isfinite(mean):
             raise TorchcfError(

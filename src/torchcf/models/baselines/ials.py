@@ -127,7 +127,7 @@ class IALS(FittedModel):
         else:
             self._conjugate_gradient(mine, fixed, share)
         if world.size > 1:
-            target.copy_(distributed.gather(mine.clone(), len(target), world))
+            target.copy_(distributed.gather(mine, len(target), world))
 
     def _matrices(self, train: Interactions) -> tuple[Rows, Rows]:
         """``train``'s users × items rows and items × users rows, made once per training set."""
