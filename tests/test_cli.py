@@ -406,6 +406,8 @@ def _settings(*argv: str, model: str, recipes: tuple[str, ...] = ()):
 
 
 def test_flags_override_each_models_recipe():
+    from torchcf.models.registry import SPECS
+
     mlp = _settings("train", "--data", "x", "--model", "mlp", "--epochs", "3", model="mlp")
     assert (mlp.train.epochs, mlp.train.batch_size, mlp.model_config.dropout) == (3, 256, 0.2)
     dropout = _settings("train", "--data", "x", "--dropout", "0.1", model="neumf")
@@ -418,6 +420,15 @@ def test_flags_override_each_models_recipe():
     assert given.model_config.dropout == 0.0 and given.split.validation is True
     seeded = _settings("train", "--data", "x", "--seed", "4", "-k", "5", model="ials")
     assert seeded.train.seed == seeded.split.seed == 4 and seeded.split.k == 5
+    # a switch a recipe turns on can be turned off: --no-amp, --no-prefetch
+    fast = {"model": "mlp", "recipes": ("fast",)}
+    amp = _settings("train", "--data", "x", "--amp", **fast).train
+    assert amp.amp is True and amp.batch_size == 16384
+    off = _settings("train", "--data", "x", "--no-amp", "--no-prefetch", model="gmf")
+    assert off.train.amp is False and off.train.prefetch is False
+    fast_gmf = _settings("train", "--data", "x", "--no-prefetch", model="gmf", recipes=("fast",))
+    assert fast_gmf.train.prefetch is False and SPECS["gmf"].recipes["fast"]["prefetch"] is True
+    assert _settings("train", "--data", "x", "--no-amp", **fast).train.amp is False
 
 
 def test_train_flags_are_exactly_the_settings_of_the_configs():

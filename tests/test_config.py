@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from torchcf import native
 from torchcf.data.split import SplitConfig
 from torchcf.errors import ConfigError
 from torchcf.models.registry import SPECS, TRAINABLE, build_model
@@ -23,6 +24,10 @@ def test_fast_recipe():
     assert recipe("gmf", {"epochs": 3}, recipes=("fast",)).train.epochs == 3  # explicit flags win
     with pytest.raises(ConfigError, match="fast recipe exists for mf, gmf, mlp and neumf, not"):
         recipe("ease", recipes=("fast",))
+    # the towers' fast recipes take bfloat16 products where the CPU multiplies them natively
+    for model in ("mlp", "neumf"):
+        assert recipe(model, recipes=("fast",)).train.amp is native.bf16_products()
+    assert recipe("gmf", recipes=("fast",)).train.amp is False
 
 
 @pytest.mark.parametrize("key", ["mf", "gmf", "mlp", "neumf", "neumf-pre"])

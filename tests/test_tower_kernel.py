@@ -179,7 +179,7 @@ def test_make_step_choice_for_towers(monkeypatch):
     assert type(make_step(mlp, TrainConfig(step="autograd"))) is AutogradStep
     assert type(make_step(mlp, TrainConfig(optimizer="sgd"))) is NativeTowerAdamStep
     assert type(make_step(mlp, TrainConfig(optimizer="adagrad"))) is AutogradStep
-    assert type(make_step(mlp, TrainConfig(amp=True))) is FlatAdamStep
+    assert type(make_step(mlp, TrainConfig(amp=True))) is NativeTowerAdamStep  # bf16 products
     monkeypatch.setattr(native, "load", lambda: None)
     assert type(make_step(mlp, TrainConfig())) is FlatAdamStep
 
@@ -190,12 +190,13 @@ def test_tower_kernel_bad_input_is_an_error():
         step(torch.tensor([0]), torch.tensor([3]), torch.tensor([1.0]))
 
 
-def test_autograd_steps_key_the_dropout_by_seed_and_step():
+def test_autograd_steps_key_the_dropout_by_seed_and_step(monkeypatch):
     """The autograd path draws the kernel's masks: its steps key every dropout layer by
     (seed, optimizer step), counted on across a state round trip (resume)."""
-    for kind in ("autograd", "auto"):  # torch.optim's Adam; Adam fused over a flat buffer
+    monkeypatch.setattr(native, "load", lambda: None)  # "auto": Adam fused over a flat buffer
+    for kind in ("autograd", "auto"):  # torch.optim's Adam; FlatAdamStep
         model = build_model("mlp", 30, 25, seed=0, **{**KWARGS, "dropout": 0.25})
-        config = TrainConfig(step=kind, seed=9, amp=kind == "auto")  # amp: not the kernel
+        config = TrainConfig(step=kind, seed=9)
         step = make_step(model, config)
         for users, items, labels in random_batches(3):
             step(users, items, labels)
@@ -204,3 +205,50 @@ def test_autograd_steps_key_the_dropout_by_seed_and_step():
         again = make_step(build_model("mlp", 30, 25, seed=0, **{**KWARGS, "dropout": 0.25}), config)
         again.load_state_dict(step.state_dict())
         assert again.forward_loss.keys.taken == 3
+
+
+def _moves(name, config, batch):
+    """Each parameter's move in one step of ``config`` from the same model and batch."""
+    model = build_model(name, 30, 25, seed=0, **KWARGS)
+    before = [p.detach().clone() for p in model.parameters()]
+    step = make_step(model, config)
+    step(*batch)
+    names = [n for n, _ in model.named_parameters()]
+    return step, dict(zip(names, (b - p.detach() for b, p in zip(before, model.parameters()))))
+
+
+@pytest.mark.parametrize("name", ["mlp", "neumf"])
+@pytest.mark.parametrize("batch", [32, 512])  # samples gathered; the first layer by distinct rows
+def test_amp_kernel_takes_the_gradient_in_bfloat16_products(name, batch):
+    """``--amp`` in the kernel: the tower's products in bfloat16. One SGD step of rate 1 moves
+    each parameter by its gradient: the kernel's is autograd's under bfloat16 autocast to
+    bfloat16's precision (< 1 %; rounding alone moves this small tower's gradients by up to
+    25 % from float's), except the head, which the kernel keeps in float (autocast does not:
+    3 % off)."""
+    data = random_batches(1, batch)[0]
+    sgd = {"optimizer": "sgd", "learning_rate": 1.0, "step": "analytic"}
+    step, amp = _moves(name, TrainConfig(**sgd, amp=True), data)
+    assert isinstance(step, NativeTowerAdamStep) and step.amp
+    _, autocast = _moves(name, TrainConfig(**{**sgd, "step": "autograd"}, amp=True), data)
+    _, exact = _moves(name, TrainConfig(**sgd), data)
+    for key, move in amp.items():
+        scale = exact[key].norm()
+        assert scale > 0, key
+        reference = exact[key] if key.startswith("head") else autocast[key]
+        assert (move - reference).norm() <= 0.01 * scale, key
+    # the towers' weights took bfloat16 products: not the float kernel's bits
+    assert any(not torch.equal(amp[k], exact[k]) for k in amp if k.startswith("tower"))
+
+
+def test_amp_kernel_keeps_a_nan_visible():
+    """A NaN in the tower stays a NaN through bfloat16 rounding (it reaches the logits and the
+    loss, where training stops on it), whatever its payload."""
+    for payload in (0x7FC00000, 0x7FFFFFFF, 0xFFFFFFFF):  # quiet, all-ones mantissa, negative
+        model = build_model("mlp", 30, 25, seed=0, **KWARGS)
+        with torch.no_grad():
+            model.tower[0].weight[:, 0] = torch.tensor([payload], dtype=torch.int64).to(
+                torch.int32
+            ).view(torch.float32)
+        step = make_step(model, TrainConfig(amp=True))
+        users, items, labels = random_batches(1, 512)[0]
+        assert torch.isnan(step(users, items, labels)).all()

@@ -107,7 +107,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         flags = [flag, "--" + flag[1:]] if len(flag) == 2 else [flag]
         help = _help(name, TRAINABLE)
         if isinstance(f.default, bool):
-            action = "store_false" if f.default is True else "store_true"
+            # off by default: --amp and --no-amp (a recipe may turn it on); on: --no-validation
+            action: Any = "store_false" if f.default else argparse.BooleanOptionalAction
             group.add_argument(*flags, dest=name, action=action, default=None, help=help)
             continue
         choices = f.metadata.get("choices")

@@ -21,6 +21,7 @@ from torchcf.models.layers import (
     tower_scores,
 )
 from torchcf.models.mlp import MLP, TOWER_SEARCH, TowerConfig, TowerModel
+from torchcf.native import bf16_products
 
 __all__ = ["FAST", "FAST_FINETUNE", "FINETUNE", "SPEC", "NeuMF", "NeuMFConfig"]
 
@@ -145,24 +146,27 @@ FINETUNE: dict[str, Any] = {
 
 # --fast from scratch, chosen on the validation holdout (benchmarks/RESULTS.md, issue 17): at
 # batch 16384 the GMF branch wants a larger rate than the tower's usual 0.001-0.005, six
-# negatives lift NDCG, and 0.15 dropout keeps the last epochs from overfitting
+# negatives lift NDCG, and 0.15 dropout keeps the last epochs from overfitting; with bfloat16
+# products 10 epochs at 0.008 fit where 7 at 0.01 did (best validation HR of 7-10 epochs)
 FAST: dict[str, Any] = {
     "batch_size": 16384,
-    "learning_rate": 0.01,
+    "learning_rate": 0.008,
     "beta1": 0.8,
     "beta2": 0.95,
     "lr_schedule": "cosine",
-    "epochs": 7,
+    "epochs": 10,
     "num_negatives": 6,
     "dropout": 0.15,
     # no prefetch: drawing the next epoch beside the kernel slows its two threads
     "prefetch": False,
+    "amp": bf16_products(),  # bfloat16 products where the CPU has them (as MLP's)
 }
 
 # --fast --pretrain: NeuMF from the parts' fast recipes. On validation no fine-tuning at batch
 # 16384 beat the α-mix itself (epoch 0: val HR 0.8257; Adam 1e-4, 3e-4 and 1e-3 for two epochs:
-# at most 0.8250; benchmarks/RESULTS.md), so one short epoch follows and selection keeps the mix
-# unless the epoch lifts it; the tower's dropout is its fast MLP part's
+# at most 0.8250; with bfloat16 parts 0.8270, and Adam 3e-5, SGD 0.2 or 0.8: at most 0.8258;
+# benchmarks/RESULTS.md), so one short epoch follows and selection keeps the mix unless the
+# epoch lifts it; the tower's dropout is its fast MLP part's
 FAST_FINETUNE: dict[str, Any] = {
     "optimizer": "adam",
     "learning_rate": 1e-4,
@@ -170,6 +174,7 @@ FAST_FINETUNE: dict[str, Any] = {
     "batch_size": 16384,
     "dropout": 0.1,
     "prefetch": False,
+    "amp": bf16_products(),
 }
 
 SPEC = ModelSpec(

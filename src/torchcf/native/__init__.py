@@ -6,6 +6,9 @@ into torch's extension cache, so later runs load it in well under a second. Wher
 built (no compiler, another platform) ``load()`` returns None and torchcf uses the same exact step
 written as PyTorch tensor ops instead (``torchcf.training.steps``), several times slower.
 ``TORCHCF_NATIVE=0`` turns the kernel off.
+
+``bf16_products()`` says whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX):
+where it does, the towers' fast recipes take their matrix products in bfloat16 (``--amp``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["build_error", "load"]
+import torch
+
+__all__ = ["bf16_products", "build_error", "load"]
 
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCE = _CSRC / "module.cpp"  # includes the kernels: one translation unit
@@ -102,3 +107,13 @@ def build_error() -> str | None:
     """Why ``load()`` returned None (the build's own error), or None if it did not."""
     load()
     return _error
+
+
+def bf16_products() -> bool:
+    """Does this CPU multiply bfloat16 matrices in hardware (AVX512-BF16 or AMX tiles)? Where it
+    does not, bfloat16 products are emulated and slower than float's."""
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:  # another torch: no such checks
+        return False

@@ -64,7 +64,11 @@ class TrainConfig(Settings):
     prefetch: bool = setting(
         False, "draw the next epoch's samples in the background (large batches)"
     )
-    amp: bool = setting(False, "bfloat16 autocast of the forward pass (GPUs; autograd steps)")
+    amp: bool = setting(
+        False,
+        "bfloat16 matrix products: autocast of the forward pass on autograd steps, bfloat16 "
+        "products in the compiled MLP/NeuMF kernel",
+    )
     patience: int = setting(
         0, "stop after this many epochs without improvement (0: never)", check=between(0, 100_000)
     )
