@@ -8,7 +8,8 @@ MLP and NeuMF as the common public PyTorch NCF code writes them, in the same pip
 
 torchcf's exact mode is the seed's semantics (batch 256, dense Adam, 4 negatives); its fast mode
 is ``torchcf train --fast`` (the models' ``fast`` recipes), also run whole (load, split, train,
-evaluate) and compared with 20 seed-style epochs.
+evaluate) and compared with 20 seed-style epochs; where a fast recipe takes bfloat16 products
+(``--amp``), its epoch in float is timed beside it.
 
     python benchmarks/epoch_speed.py --data ../shared/data/ml-1m/ncf [--models mf,gmf,mlp,neumf]
 
@@ -287,9 +288,18 @@ def main() -> None:
                 f"{name:<6} ratio, lazy Adam (batch 256): {ref['epoch_s'] / lazy['epoch_s']:.1f}x"
             )
         if "fast" in SPECS[name].recipes:
-            fast = torchcf_epoch(split, recipe(name, recipes=("fast",)))
-            print(_row(name, "torchcf fast", fast))
+            fast_recipe = recipe(name, recipes=("fast",))
+            fast = torchcf_epoch(split, fast_recipe)
+            label = "torchcf fast" + (" (amp)" if fast_recipe.train.amp else "")
+            print(_row(name, label, fast))
             print(f"{name:<6} ratio, fast mode epoch: {ref['epoch_s'] / fast['epoch_s']:.1f}x")
+            if fast_recipe.train.amp:  # the same epoch in float, beside it
+                exact_fast = torchcf_epoch(split, fast_recipe.replace(amp=False))
+                print(_row(name, "torchcf fast float", exact_fast))
+                print(
+                    f"{name:<6} ratio, bfloat16 products / float: "
+                    f"{exact_fast['epoch_s'] / fast['epoch_s']:.2f}x"
+                )
     if args.no_fast_run:
         return
     for name in (m for m in args.models.split(",") if "fast" in SPECS[m].recipes):

@@ -210,11 +210,10 @@ def test_autograd_steps_key_the_dropout_by_seed_and_step(monkeypatch):
 def _moves(name, config, batch):
     """Each parameter's move in one step of ``config`` from the same model and batch."""
     model = build_model(name, 30, 25, seed=0, **KWARGS)
-    before = [p.detach().clone() for p in model.parameters()]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     step = make_step(model, config)
     step(*batch)
-    names = [n for n, _ in model.named_parameters()]
-    return step, dict(zip(names, (b - p.detach() for b, p in zip(before, model.parameters()))))
+    return step, {n: before[n] - p.detach() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("name", ["mlp", "neumf"])
@@ -246,9 +245,9 @@ def test_amp_kernel_keeps_a_nan_visible():
     for payload in (0x7FC00000, 0x7FFFFFFF, 0xFFFFFFFF):  # quiet, all-ones mantissa, negative
         model = build_model("mlp", 30, 25, seed=0, **KWARGS)
         with torch.no_grad():
-            model.tower[0].weight[:, 0] = torch.tensor([payload], dtype=torch.int64).to(
-                torch.int32
-            ).view(torch.float32)
+            model.tower[0].weight[:, 0] = (
+                torch.tensor([payload], dtype=torch.int64).to(torch.int32).view(torch.float32)
+            )
         step = make_step(model, TrainConfig(amp=True))
         users, items, labels = random_batches(1, 512)[0]
         assert torch.isnan(step(users, items, labels)).all()

@@ -112,8 +112,7 @@ def build_error() -> str | None:
 def bf16_products() -> bool:
     """Does this CPU multiply bfloat16 matrices in hardware (AVX512-BF16 or AMX tiles)? Where it
     does not, bfloat16 products are emulated and slower than float's."""
-    cpu = getattr(torch, "cpu", None)
     try:
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # another torch: no such checks
         return False
