@@ -67,21 +67,25 @@ def _rank(
     torch.set_num_threads(1)
     world = distributed.setup("gloo", timeout=60)
     try:
-        trainer = _train(name, data, config, shape)
-        metrics = trainer.evaluate()
-        lo, hi = world.span(len(trainer.split.test))
-        if world.main:
-            torch.save(
-                {
-                    "state": trainer.model.state_dict(),
-                    "metrics": metrics,
-                    "history": [r.loss for r in trainer.history],
-                    "span": (lo, hi),
-                },
-                out,
-            )
+        _rank_run(world, name, data, out, config, shape)  # its trainer gone before teardown
     finally:
         distributed.teardown()
+
+
+def _rank_run(world, name: str, data: str, out: str, config, shape: dict) -> None:
+    trainer = _train(name, data, config, shape)
+    metrics = trainer.evaluate()
+    lo, hi = world.span(len(trainer.split.test))
+    if world.main:
+        torch.save(
+            {
+                "state": trainer.model.state_dict(),
+                "metrics": metrics,
+                "history": [r.loss for r in trainer.history],
+                "span": (lo, hi),
+            },
+            out,
+        )
 
 
 def _two_ranks(
@@ -290,7 +294,8 @@ def test_a_restarted_job_resumes_from_its_checkpoint(tmp_path):
     out = tmp_path / "killed"
     job = subprocess.Popen([sys.executable, "-m", "torchcf", *args, "--out", str(out)])
     deadline = time.monotonic() + 120
-    while not (out / "metrics.csv").is_file() and time.monotonic() < deadline:
+    # killed once an epoch's checkpoint is whole (metrics.csv is written just before it)
+    while not (out / "checkpoint.pt").is_file() and time.monotonic() < deadline:
         time.sleep(0.1)
     job.kill()
     job.wait(timeout=30)

@@ -126,7 +126,7 @@ TOWER_SEARCH: dict[str, Param] = {
 # --fast, chosen on the validation holdout among batch-16384 and 4096 recipes
 # (benchmarks/RESULTS.md, issue 17): five negatives gave the best validation HR, fewer lose more
 # per epoch than they save; with bfloat16 products 20 epochs fit where 14 did (validation HR
-# 0.8121 against 0.8118); longer runs, lower rates, more dropout and batch 4096 did not do better
+# 0.8137 against 0.8065); longer runs, lower rates, more dropout and batch 4096 did not do better
 FAST: dict[str, Any] = {
     "batch_size": 16384,
     "learning_rate": 0.005,
