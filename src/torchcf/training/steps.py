@@ -46,7 +46,8 @@ class TrainStep(Protocol):
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """Update the parameters on one batch; return the batch's logits before the update.
+        """Update the parameters on one batch; return the batch's logits before the update (on
+        a rank of a distributed run: the logits of its share, ``World.span`` of the batch).
 
         The trainer computes the epoch's loss from them in one vectorised call at the end, which
         keeps a loss reduction (several small ops) out of every step.
@@ -216,20 +217,16 @@ class DistributedStep(AutogradStep):
         self.forward_loss.forward = _forward(self.ddp, config)  # type: ignore[arg-type]
 
     def __call__(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        labels: torch.Tensor,
-        total: int | None = None,
-        row: int = 0,
+        self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """One step on this rank's share (rows ``row`` … of a global batch of ``total``)."""
-        total = len(users) if total is None else total
-        self.forward_loss.keys.next_step(row)
-        logits = self.forward_loss.forward(users, items)
-        if len(users):
-            share = len(users) * self.world.size / total
-            loss = self.forward_loss.loss(logits, labels) * share
+        """One step of the global batch: this rank trains on its share (rows ``lo … hi - 1``)
+        and returns that share's logits."""
+        lo, hi = self.world.span(len(users))
+        self.forward_loss.keys.next_step(lo)
+        logits = self.forward_loss.forward(users[lo:hi], items[lo:hi])
+        if hi > lo:
+            share = (hi - lo) * self.world.size / len(users)
+            loss = self.forward_loss.loss(logits, labels[lo:hi]) * share
         else:  # an empty share still takes part in the all-reduce
             loss = logits.sum() * 0.0
         return self._descend(logits, loss)
@@ -599,8 +596,11 @@ def _kernel_ok(model: ScoringModel, config: TrainConfig) -> bool:
     return config.optimizer == "adam" and not config.amp
 
 
-def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
+def make_step(model: ScoringModel, config: TrainConfig, world: World | None = None) -> TrainStep:
     """The fastest step for ``model`` and ``config``.
+
+    On several ranks (``world``, torchrun): ``DistributedStep``, autograd under DDP (the compiled
+    kernels update parameters outside autograd).
 
     Where the model declares a kernel layout (``ScoringModel.kernel_layout``) and the settings
     suit it: the compiled MF/GMF kernel (dense Adam; its tensor-op form on a GPU or without a
@@ -608,6 +608,8 @@ def make_step(model: ScoringModel, config: TrainConfig) -> TrainStep:
     with Adam fused over one flat buffer, or ``torch.optim`` for other optimizers;
     ``step='autograd'`` forces plain autograd + ``torch.optim``.
     """
+    if world is not None and world.size > 1:
+        return DistributedStep(model, config, world)
     layout = model.kernel_layout()
     ok = _kernel_ok(model, config)
     if config.step == "analytic" and not ok:

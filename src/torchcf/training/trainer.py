@@ -29,7 +29,7 @@ from torchcf.models.base import FittedModel, ScoringModel
 from torchcf.training.config import TrainConfig
 from torchcf.training.epochs import EpochSampler
 from torchcf.training.losses import LOSSES
-from torchcf.training.steps import CompiledSteps, DistributedStep, TrainStep, make_step
+from torchcf.training.steps import CompiledSteps, TrainStep, make_step
 
 __all__ = [
     "METRICS",
@@ -129,14 +129,7 @@ class Trainer:
         self.world = world or distributed.current()
         if self.world.size > 1 and isinstance(model, FittedModel) and not model.distributed:
             raise ConfigError(f"{model.name} fits in one process: run it without torchrun/--nproc")
-        self.step: TrainStep | None = None
-        if not self.fitted:
-            distributed_step = self.world.size > 1
-            self.step = (
-                DistributedStep(model, config, self.world)
-                if distributed_step
-                else make_step(model, config)
-            )
+        self.step: TrainStep | None = None if self.fitted else make_step(model, config, self.world)
         self.sampler = EpochSampler(
             split.train,
             config.num_negatives,
@@ -235,21 +228,9 @@ class Trainer:
         batches = zip(users.split(size), items.split(size), labels.split(size), strict=True)
         assert self.step is not None
         for batch_users, batch_items, batch_labels in batches:  # (dropout: keyed by the step)
-            if isinstance(self.step, DistributedStep):
-                lo, hi = self.world.span(len(batch_users))
-                logits.append(
-                    self.step(
-                        batch_users[lo:hi],
-                        batch_items[lo:hi],
-                        batch_labels[lo:hi],
-                        total=len(batch_users),
-                        row=lo,
-                    )
-                )
-                trained.append(batch_labels[lo:hi])
-            else:
-                logits.append(self.step(batch_users, batch_items, batch_labels))
-                trained.append(batch_labels)
+            logits.append(self.step(batch_users, batch_items, batch_labels))
+            lo, hi = self.world.span(len(batch_users))  # the share it trained (all, for one)
+            trained.append(batch_labels[lo:hi])
             if self.progress is not None:
                 self.progress(epoch, len(batch_users), total)
         if not logits:
