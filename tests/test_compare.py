@@ -103,7 +103,8 @@ def test_unknown_model_and_settings_no_model_takes(spec, tmp_path):
 def test_compare_fast_applies_each_models_fast_recipe(spec, tmp_path):
     """``compare --fast``: each model's fast recipe (every setting of it, explicit settings on
     top), none for a model without one, the report naming them; neumf-pre is fine-tuned by
-    ``fast-finetune`` from the compare's own fast MLP and a GMF trained by its fast recipe."""
+    ``fast-finetune`` from the compare's own fast MLP and a GMF trained by its fast recipe (and
+    ``fast-pretrain``, here overridden by the explicit epochs)."""
     out = tmp_path / "fast"
     given = {"embedding_dim": 4, "layers": 2, "eval_negatives": 8, "epochs": 1}
     models = ["mf", "mlp", "ease", "neumf-pre"]
@@ -131,4 +132,5 @@ def test_compare_fast_applies_each_models_fast_recipe(spec, tmp_path):
     gmf = ran(Path(pretrained["gmf"]))
     fast_gmf = {**SPECS["gmf"].recipes["fast"], "epochs": 1}
     assert {name: gmf[name] for name in fast_gmf} == fast_gmf
-    assert "fast" in (out / "report.md").read_text()
+    assert report["pretrain_recipes"] == {"gmf": ["fast", "fast-pretrain"], "mlp": ["fast"]}
+    assert "gmf (fast + fast-pretrain recipe)" in (out / "report.md").read_text()

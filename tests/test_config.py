@@ -12,7 +12,7 @@ from torchcf import native
 from torchcf.data.split import SplitConfig
 from torchcf.errors import ConfigError
 from torchcf.models.registry import SPECS, TRAINABLE, build_model
-from torchcf.runs.train import pretrain_recipe, recipe_names
+from torchcf.runs.train import pretrain_names, pretrain_recipe, recipe_names
 from torchcf.training.config import Recipe, TrainConfig, recipe, takes
 
 
@@ -55,6 +55,15 @@ def test_what_fast_applies(key):
             assert part_recipe.train.batch_size == fast["batch_size"]
             assert part_recipe.train.learning_rate == fast["learning_rate"]
             assert part_recipe.train.epochs == 2
+        # without explicit settings the GMF part takes fast-pretrain on top of its fast recipe
+        assert pretrain_names("gmf", fast=True) == ("fast", "fast-pretrain")
+        assert pretrain_names("mlp", fast=True) == ("fast",)
+        assert pretrain_names("gmf") == pretrain_names("mlp") == ()
+        gmf_part = pretrain_recipe("gmf", {}, fast=True).settings()
+        wanted = {**SPECS["gmf"].recipes["fast"], **SPECS["gmf"].recipes["fast-pretrain"]}
+        assert {name: gmf_part[name] for name in wanted} == wanted
+        assert gmf_part["epochs"] != SPECS["gmf"].recipes["fast"]["epochs"]
+        assert pretrain_recipe("mlp", {}, fast=True) == recipe("mlp", recipes=("fast",))
 
 
 def test_settings_are_validated_with_the_field_named():

@@ -31,7 +31,13 @@ from torchcf.runs.differences import (
 )
 from torchcf.runs.evaluate import per_user_results
 from torchcf.runs.rundir import RunDir, history_column, metric_key, versions
-from torchcf.runs.train import check_alpha, ensure_run, pretrained_parts, recipe_names
+from torchcf.runs.train import (
+    check_alpha,
+    ensure_run,
+    pretrain_names,
+    pretrained_parts,
+    recipe_names,
+)
 from torchcf.training.config import Recipe, applicable, recipe, takes
 
 __all__ = ["COMPARABLE", "parse_seeds", "run_compare"]
@@ -209,6 +215,11 @@ def run_compare(
         "overrides": overrides,
         "settings": {key: config.settings() for key, config in configs.items()},
         "recipes": {key: list(recipe_names(key, fast)) for key in models},
+        "pretrain_recipes": (
+            {part: list(pretrain_names(part, fast)) for part in ("gmf", "mlp")}
+            if "neumf-pre" in models
+            else {}
+        ),
         "alpha": alpha,
         "k": k,
         "data": spec.to_dict(),
@@ -422,9 +433,14 @@ def render_report(report: dict[str, Any]) -> str:
             + "); the runs are in runs/seed-N/<model>"
         )
     if "neumf-pre" in report["settings"]:
+        parts = report.get("pretrain_recipes") or {}
+        named = [
+            f"{part} ({' + '.join(parts[part]) or 'its own'} recipe)" for part in sorted(parts)
+        ]
         lines.append(
-            f"- neumf-pre starts from the gmf and mlp runs (head mix alpha={report['alpha']}); "
-            "its epoch 0 is the pretrained mix before fine-tuning"
+            f"- neumf-pre starts from {' and '.join(named) or 'gmf and mlp'} runs, the compare's "
+            f"own where the recipes agree (head mix alpha={report['alpha']}); its epoch 0 is "
+            "the pretrained mix before fine-tuning, and its wall time leaves out the parts'"
         )
     lines += [
         "",

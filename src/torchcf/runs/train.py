@@ -48,6 +48,7 @@ __all__ = [
     "Pretrained",
     "ensure_run",
     "format_full",
+    "pretrain_names",
     "pretrain_recipe",
     "recipe_names",
     "run_training",
@@ -109,18 +110,25 @@ def recipe_names(key: str, fast: bool = False) -> tuple[str, ...]:
     return names + ((fast_name,) if fast and fast_name in spec.recipes else ())
 
 
+def pretrain_names(part: str, fast: bool = False) -> tuple[str, ...]:
+    """The named recipes of the GMF or MLP run a NeuMF starts from: the part's own (``fast``:
+    its fast recipe, then ``fast-pretrain`` where the part has one)."""
+    extra = ("fast-pretrain",) if fast and "fast-pretrain" in get_spec(part).recipes else ()
+    return recipe_names(part, fast) + extra
+
+
 def pretrain_recipe(
     part: str, overrides: Mapping[str, Any] | None = None, fast: bool = False
 ) -> Recipe:
-    """The recipe of the GMF or MLP run a NeuMF starts from: the part's own recipe (``fast``:
-    its fast one) with the user's explicit settings that it takes, except the optimizer and
-    learning rate (those are fine-tuning's)."""
+    """The recipe of the GMF or MLP run a NeuMF starts from (:func:`pretrain_names`) with the
+    user's explicit settings that it takes, except the optimizer and learning rate (those are
+    fine-tuning's)."""
     kept = {
         name: value
         for name, value in (overrides or {}).items()
         if name not in ("optimizer", "learning_rate") and takes(part, name)
     }
-    return recipe(part, kept, recipes=recipe_names(part, fast))
+    return recipe(part, kept, recipes=pretrain_names(part, fast))
 
 
 def pretrained_parts(
@@ -148,7 +156,8 @@ def pretrained_parts(
         part_recipe = pretrain_recipe(part, overrides, fast)
         reused = (reuse or {}).get(part)
         run = reused[1] if reused and reused[0] == part_recipe else RunDir(out).pretrain(part).path
-        echo(f"== pretraining {part} in {run}")
+        names = pretrain_names(part, fast)
+        echo(f"== pretraining {part} ({' + '.join(names) or 'its own'} recipe) in {run}")
         ensure_run(data, part_recipe, run, **options)
         given[part] = str(run)
     echo(f"== neumf from {given['gmf']} and {given['mlp']}")
