@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from torchcf.data.sources import DataSpec
-from torchcf.data.split import SplitConfig
+from torchcf.data.split import SplitConfig, parse_cutoffs
 from torchcf.models.registry import TRAINABLE, get_spec
 from torchcf.settings import Settings
 from torchcf.training.config import TrainConfig, recipe, takes
@@ -115,7 +115,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             *flags,
             dest=name,
-            type=_kind(f),
+            type=_cut_offs if name == "k" else _kind(f),
             choices=list(choices) if choices else None,
             default=None,
             metavar=None if choices else name.upper(),
@@ -123,13 +123,30 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _cut_offs(text: str) -> str:
+    """``-k``: one cut-off or several (``10,20,40``)."""
+    try:
+        parse_cutoffs(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a cut-off in [1, 100000] or several separated by commas, got {text!r}"
+        ) from None
+    return text
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings the user gave on the command line."""
-    return {
+    """The settings the user gave on the command line. ``-k 10,20,40``: the first is the
+    cut-off of sampled metrics, all are held-out sets' cut-offs (unless ``--cutoffs``)."""
+    given = {
         name: getattr(args, name)
         for name in setting_fields()
         if getattr(args, name, None) is not None
     }
+    if isinstance(given.get("k"), str):
+        text = given["k"]
+        given["k"] = parse_cutoffs(text)[0]
+        given.setdefault("cutoffs", text)
+    return given
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:

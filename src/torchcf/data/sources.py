@@ -11,6 +11,7 @@ from typing import Any
 from torchcf.data.datasets import DATASETS, fetch_dataset
 from torchcf.data.filters import filter_users
 from torchcf.data.loaders import find_ncf_files, load_ncf_files, load_path
+from torchcf.data.published import find_published_files, load_published
 from torchcf.data.split import Split, SplitConfig, make_split
 from torchcf.errors import ConfigError
 
@@ -90,6 +91,19 @@ def load_split(
         assert spec.path is not None  # DataSpec holds exactly one of dataset and path
         path = Path(spec.path).expanduser()
         source.update(dataset=None, path=str(path))
+        published = find_published_files(path) if path.is_dir() else None
+        if published is not None:
+            if spec.min_rating is not None or spec.min_user_interactions > 1:
+                raise ConfigError(
+                    "--min-rating/--min-user-interactions do not apply to a published split"
+                )
+            published_data = load_published(
+                published, user_col=spec.user_col, item_col=spec.item_col, sep=spec.sep
+            )
+            split = make_split(published_data, config)
+            source.update(format="published", files=[str(p) for p in published.paths])
+            source["checksums"] = checksums(published.paths)
+            return split, source
         ncf = find_ncf_files(path) if path.is_dir() else None
         if ncf is not None:
             if spec.min_rating is not None or spec.min_user_interactions > 1:

@@ -1,8 +1,12 @@
-"""Leave-one-out splits with sampled evaluation candidates, from raw events or NCF files.
+"""Splits: leave-one-out with sampled evaluation candidates (raw events or NCF files), a global
+time cut, and held-out **sets** per user (a published split used as given, or a seeded per-user
+ratio) ranked among every item.
 
 A ``Split`` holds the training interactions, a test ``Holdout`` and an optional validation
 ``Holdout`` (carved from training, the same way as the test), plus a ``protocol`` dict that travels
-with every result so a number can always be traced to how it was measured.
+with every result so a number can always be traced to how it was measured. Its ``ranking`` says
+how the holdouts are evaluated: ``sampled`` (each held-out item among its candidates) or
+``sets`` (each user's held-out set among every item not masked, ``mask`` naming what is masked).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import scipy.sparse as sp
 
 from torchcf.data.interactions import Interactions
 from torchcf.data.loaders import NcfData
+from torchcf.data.published import PublishedData
 from torchcf.data.sampling import sample_unseen_candidates
 from torchcf.errors import DataError
+from torchcf.evaluation.sets import HeldOutSets
 from torchcf.settings import Settings, above, between, setting
 
 __all__ = [
@@ -28,6 +34,8 @@ __all__ = [
     "leave_one_out",
     "make_split",
     "ncf_split",
+    "published_split",
+    "ratio_split",
     "temporal_split",
 ]
 
@@ -54,14 +62,36 @@ class SplitConfig(Settings):
     split: str = setting(
         "leave-one-out",
         "leave-one-out: each user's latest interaction is test (the NCF protocol); temporal: "
-        "every interaction after a global time cut is test (needs timestamps)",
-        choices=("leave-one-out", "temporal"),
+        "every interaction after a global time cut is test (needs timestamps); ratio: a seeded "
+        "random share of each user's items is test (and validation), ranked among all items. "
+        "A directory with train.txt/test.txt (LightGCN's format) or train/test event tables is "
+        "a published split, used as given",
+        choices=("leave-one-out", "temporal", "ratio"),
     )
     test_fraction: float = setting(
         0.1,
-        "temporal split: the latest fraction of interactions (by time) that is test, and as "
-        "much again before it validation",
+        "temporal split: the latest fraction of interactions (by time) that is test; ratio "
+        "split: each user's share of items that is test",
         check=above(0.0, 0.5),
+    )
+    valid_fraction: float | None = setting(
+        None,
+        "temporal and ratio splits: the fraction held out for validation (default: "
+        "--test-fraction)",
+        check=above(0.0, 0.5),
+    )
+    mask: str = setting(
+        "known",
+        "full ranking of held-out sets: which of the user's items are not ranked: known "
+        "(training and validation items) or train (training items only, as the LightGCN "
+        "code does)",
+        choices=("known", "train"),
+    )
+    cutoffs: str = setting(
+        "",
+        "held-out sets: the cut-offs reported, comma-separated (default 10,20,40; -k 10,20,40 "
+        "sets them too)",
+        check=lambda v: _cutoffs_problem(v),
     )
     eval_negatives: int = setting(
         99, "sampled candidates per held-out item", check=between(0, 10_000_000)
@@ -88,6 +118,30 @@ class SplitConfig(Settings):
     def random_seed(self) -> int:
         """The seed the split's random parts are drawn with."""
         return self.seed if self.split_seed is None else self.split_seed
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        """The cut-offs of held-out sets' full ranking: ``cutoffs`` (default 10, 20, 40)."""
+        given = parse_cutoffs(self.cutoffs) if self.cutoffs else (10, 20, 40)
+        return tuple(sorted(set(given)))
+
+
+def parse_cutoffs(text: str) -> tuple[int, ...]:
+    """``"10,20,40"`` → ``(10, 20, 40)``; a ``ConfigError``-worthy text raises ``ValueError``."""
+    values = tuple(int(part) for part in text.split(","))
+    if not values or any(not 1 <= v <= 100_000 for v in values):
+        raise ValueError(text)
+    return values
+
+
+def _cutoffs_problem(text: str) -> str | None:
+    if text == "":
+        return None
+    try:
+        parse_cutoffs(text)
+    except ValueError:
+        return f"must be cut-offs in [1, 100000] separated by commas, got {text!r}"
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,12 +182,36 @@ class Holdout:
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Training interactions and the holdouts to evaluate on."""
+    """Training interactions and the holdouts to evaluate on: ``ranking`` ``sampled`` (each
+    held-out item among its candidates) or ``sets`` (each user's held-out items among every item
+    not masked; ``mask``: ``known`` masks training and validation items at test time,
+    ``train`` training items only)."""
 
     train: Interactions
     test: Holdout
     validation: Holdout | None
     protocol: dict[str, Any] = field(default_factory=dict)
+    ranking: str = "sampled"
+    mask: str = "known"
+
+    def sets(self, holdout: Holdout) -> HeldOutSets:
+        """``holdout``'s items grouped into one set per user."""
+        return HeldOutSets.from_pairs(holdout.name, holdout.users, holdout.items)
+
+    def exclude(self, holdout: Holdout) -> sp.csr_matrix:
+        """The items full ranking does not rank for ``holdout``'s users: training items, and for
+        the test holdout under ``mask="known"`` validation items too."""
+        parts = [self.train]
+        if holdout.name == "test" and self.mask == "known" and self.validation is not None:
+            parts.append(self.validation.as_interactions(self.train))
+        users = np.concatenate([p.users for p in parts])
+        items = np.concatenate([p.items for p in parts])
+        known = sp.csr_matrix(
+            (np.ones(len(users), dtype=np.float32), (users, items)),
+            shape=(self.num_users, self.num_items),
+        )
+        known.sum_duplicates()
+        return known
 
     @property
     def num_users(self) -> int:
@@ -304,16 +382,34 @@ def leave_one_out(
     return Split(train, test, val_holdout, protocol)
 
 
-def make_split(data: Interactions | NcfData, config: SplitConfig) -> Split:
-    """The split of ``data`` that ``config`` defines: leave-one-out of raw interactions, or the
-    given test items and candidates of an NCF split."""
+def make_split(data: Interactions | NcfData | PublishedData, config: SplitConfig) -> Split:
+    """The split of ``data`` that ``config`` defines: leave-one-out of raw interactions, the
+    given test items and candidates of an NCF split, a published split's sets as given, a
+    temporal cut or a per-user ratio."""
     seed = config.random_seed
+    if isinstance(data, PublishedData):
+        if config.split != "leave-one-out":
+            raise DataError(
+                f"{data.files.train.parent} is a published split, used as given: it takes no "
+                f"--split {config.split}"
+            )
+        return published_split(data, config.validation, config.cold_users, config.mask)
     if config.split == "temporal":
         if isinstance(data, NcfData):
             data = data.all_interactions()
         return temporal_split(
-            data, config.test_fraction, config.eval_negatives, config.validation, seed
+            data,
+            config.test_fraction,
+            config.eval_negatives,
+            config.validation,
+            seed,
+            config.valid_fraction,
         )
+    if config.split == "ratio":
+        if isinstance(data, NcfData):
+            data = data.all_interactions()
+        valid = (config.valid_fraction or config.test_fraction) if config.validation else 0.0
+        return ratio_split(data, config.test_fraction, valid, seed, config.mask)
     if isinstance(data, NcfData):
         return ncf_split(data, config.eval_negatives, config.validation, seed, config.cold_users)
     return leave_one_out(data, config.eval_negatives, config.validation, seed)
@@ -442,6 +538,7 @@ def temporal_split(
     num_negatives: int = 99,
     validation: bool = True,
     seed: int = 0,
+    valid_fraction: float | None = None,
 ) -> Split:
     """A global time cut: every interaction after the ``1 − fraction`` quantile of the
     timestamps is test, and (``validation``) every one after the ``1 − 2·fraction`` quantile and
@@ -470,7 +567,7 @@ def temporal_split(
     t = data.timestamps
     assert t is not None
     test_cut = _time_cut(t, fraction)
-    train_cut = _time_cut(t, 2 * fraction) if validation else test_cut
+    train_cut = _time_cut(t, fraction + (valid_fraction or fraction)) if validation else test_cut
     train = data.subset(t <= train_cut)
     if len(train) == 0 or not (t > test_cut).any():
         raise DataError(
@@ -511,7 +608,8 @@ def temporal_split(
         f"(timestamp > {test_cut})",
         "validation_item": None
         if val_holdout is None
-        else f"every interaction after the {1 - 2 * fraction:.0%} quantile (timestamp > "
+        else f"every interaction after the {1 - fraction - (valid_fraction or fraction):.0%} "
+        f"quantile (timestamp > "
         f"{train_cut}) up to the test cut; training ends there",
         "candidates": f"the held-out item + {num_negatives} distinct sampled items the user "
         "never interacted with; one row per held-out interaction",
@@ -528,3 +626,153 @@ def temporal_split(
         "notes": notes,
     }
     return Split(train, test, val_holdout, protocol)
+
+
+def _set_holdout(name: str, users: np.ndarray, items: np.ndarray) -> Holdout:
+    """A holdout of (user, item) pairs ordered by user then item, without sampled candidates."""
+    order = np.lexsort((items, users))
+    users, items = np.asarray(users)[order], np.asarray(items)[order]
+    return Holdout(name, users, items, np.zeros((len(users), 0), dtype=np.int64))
+
+
+def _set_protocol(
+    kind: str, train: Interactions, test: Holdout, validation: Holdout | None, mask: str
+) -> dict[str, Any]:
+    """The protocol record of a split with held-out sets."""
+    users = train.num_users
+    tested = len(np.unique(test.users))
+    return {
+        "split": kind,
+        "ranking": "held-out sets among every item (full ranking)",
+        "mask": mask,
+        "masked": "training items"
+        + (" and validation items (test); training items (validation)" if mask == "known" else ""),
+        "test_users": tested,
+        "test_interactions": len(test),
+        "users_without_test_items": users - tested,
+        "validation_users": 0 if validation is None else int(len(np.unique(validation.users))),
+        "validation_interactions": 0 if validation is None else len(validation),
+        "train_interactions": len(train),
+    }
+
+
+def _cold_set_users(
+    holdout: Holdout, train: Interactions, policy: str, notes: list[str]
+) -> Holdout:
+    """``holdout`` with the pairs of users without training items kept or dropped (counted)."""
+    cold = train.user_counts()[holdout.users] == 0
+    if not cold.any():
+        return holdout
+    n = len(np.unique(holdout.users[cold]))
+    if policy == "drop":
+        notes.append(f"{n} {holdout.name} users have no training interaction: dropped")
+        return _set_holdout(holdout.name, holdout.users[~cold], holdout.items[~cold])
+    notes.append(
+        f"{n} {holdout.name} users have no training interaction: kept, evaluated with untrained "
+        "vectors (--cold-users drop leaves them out)"
+    )
+    return holdout
+
+
+def _cold_item_notes(train: Interactions, holdouts: list[Holdout], notes: list[str]) -> None:
+    """Count the held-out interactions whose item training never names (kept in the catalogue
+    and in |T|, as published tables count them: no model can rank them on evidence)."""
+    trained = train.item_counts() > 0
+    for holdout in holdouts:
+        cold = int((~trained[holdout.items]).sum())
+        if cold:
+            notes.append(
+                f"{cold} of {len(holdout)} {holdout.name} interactions name an item training never "
+                "sees: kept in the catalogue and counted in the held-out sets"
+            )
+
+
+def published_split(
+    data: PublishedData, validation: bool = True, cold_users: str = "keep", mask: str = "known"
+) -> Split:
+    """A published split used as given: training, validation (when the files have one and
+    ``validation``) and test sets, ranked among every item not masked."""
+    notes: list[str] = []
+    train = data.train
+    test = _cold_set_users(_set_holdout("test", *data.test), train, cold_users, notes)
+    valid = None
+    if validation and data.valid is not None:
+        valid = _cold_set_users(_set_holdout("validation", *data.valid), train, cold_users, notes)
+    if len(test) == 0:
+        raise DataError(f"{data.files.test}: no test interaction left to evaluate")
+    _cold_item_notes(train, [h for h in (test, valid) if h is not None], notes)
+    if not validation and data.files.valid is not None:
+        notes.append(f"{data.files.valid.name} not used (--no-validation)")
+    files = data.files
+    protocol = {
+        **_set_protocol(
+            f"published ({files.format} files, used as given)", train, test, valid, mask
+        ),
+        "files": [str(p) for p in files.paths],
+        "notes": notes,
+    }
+    return Split(train, test, valid, protocol, ranking="sets", mask=mask)
+
+
+def _ratio_counts(n: np.ndarray, test: float, valid: float) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out counts per user of ``n`` items: ``round(n·test)`` test and ``round(n·valid)``
+    validation items (halves up), at least one item left for training (validation gives way
+    first); a user with one item is training only."""
+    n_test = np.floor(n * test + 0.5).astype(np.int64)
+    n_valid = np.floor(n * valid + 0.5).astype(np.int64)
+    over = np.maximum(n_test + n_valid - (n - 1), 0)
+    cut = np.minimum(over, n_valid)
+    n_valid -= cut
+    n_test -= over - cut
+    return np.maximum(n_test, 0), np.maximum(n_valid, 0)
+
+
+def ratio_split(
+    data: Interactions,
+    test_fraction: float = 0.1,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    mask: str = "known",
+) -> Split:
+    """Per user, a seeded random ``test_fraction`` of the items is test and ``valid_fraction``
+    validation (``_ratio_counts``: rounded, at least one training item), ranked among every
+    item not masked (RecBole's ``RO`` split; 0.1 / 0.1 is its 0.8 / 0.1 / 0.1)."""
+    if len(data) == 0:
+        raise DataError("no interactions")
+    data = data.deduplicate()
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(data)), data.users))
+    users = data.users[order]
+    counts = np.bincount(users, minlength=data.num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    place = np.arange(len(users)) - starts[users]
+    n_test, n_valid = _ratio_counts(counts, test_fraction, valid_fraction)
+    is_test = place < n_test[users]
+    is_valid = ~is_test & (place < (n_test + n_valid)[users])
+    rows = {"test": order[is_test], "validation": order[is_valid]}
+    train = data.subset(np.sort(order[~is_test & ~is_valid]))
+    test = _set_holdout("test", data.users[rows["test"]], data.items[rows["test"]])
+    if len(test) == 0:
+        raise DataError(
+            f"--test-fraction {test_fraction} holds out no item of any user (users too small)"
+        )
+    valid = None
+    if valid_fraction > 0:
+        valid = _set_holdout(
+            "validation", data.users[rows["validation"]], data.items[rows["validation"]]
+        )
+    notes: list[str] = []
+    small = int(((counts > 0) & (n_test == 0)).sum())
+    if small:
+        notes.append(f"{small} users have too few items for a test item: training only")
+    protocol = {
+        **_set_protocol("ratio (per-user random holdout)", train, test, valid, mask),
+        "test_fraction": test_fraction,
+        "valid_fraction": valid_fraction,
+        "rule": "per user: round(n·test_fraction) test and round(n·valid_fraction) validation "
+        "items drawn at random (halves up), at least one left for training (validation gives "
+        "way first); a user with one item trains only",
+        "seed": seed,
+        "notes": notes,
+    }
+    return Split(train, test, valid, protocol, ranking="sets", mask=mask)

@@ -21,7 +21,8 @@ def write_learning_curve(
     title: str,
     selected_epoch: int | None = None,
 ) -> None:
-    """HR@k and NDCG@k per epoch (test solid, validation dashed) in two panels, as PNG."""
+    """The two metrics of every epoch at k (HR and NDCG, or for held-out sets the selecting
+    metric and its partner) per epoch (test solid, validation dashed) in two panels, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -29,7 +30,8 @@ def write_learning_curve(
 
     epochs = [r.epoch for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, metric in zip(axes, ("hr", "ndcg"), strict=True):
+    names = list(history[0].metrics["test"]) if history else ["hr", "ndcg"]
+    for ax, metric in zip(axes, names, strict=True):
         ax.plot(epochs, [r.metrics["test"][metric] for r in history], "o-", label="test")
         if history and "validation" in history[0].metrics:
             values = [r.metrics["validation"][metric] for r in history]

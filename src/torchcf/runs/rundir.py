@@ -236,14 +236,17 @@ class RunDir:
 
     # -- per_user.parquet ------------------------------------------------------------------------
     def write_per_user(self, rows: pd.DataFrame, train: Interactions) -> None:
-        """``rows`` (``evaluation.protocols.per_user``'s, concatenated) with the users' and
-        items' external ids added (``user_id``, ``item_id``), written atomically."""
+        """``rows`` (``evaluation.protocols.per_user``'s or, for held-out sets,
+        ``evaluation.sets.per_user_table``'s, concatenated) with the users' and items' external
+        ids added (``user_id``, and ``item_id`` where a row is one held-out item), written
+        atomically."""
         users = train.user_map or IdMap.identity(train.num_users)
         items = train.item_map or IdMap.identity(train.num_items)
         table = rows.reset_index(drop=True).assign(
-            user_id=_id_column(users, rows["user"].to_numpy()),
-            item_id=_id_column(items, rows["item"].to_numpy()),
+            user_id=_id_column(users, rows["user"].to_numpy())
         )
+        if "item" in rows:
+            table["item_id"] = _id_column(items, rows["item"].to_numpy())
         with atomic_path(self.per_user_file) as tmp:
             table.to_parquet(tmp, index=False)
 
@@ -282,9 +285,10 @@ def history_rows(history: Sequence[EpochRecord], k: int) -> list[dict[str, objec
     rows: list[dict[str, object]] = []
     for r in history:
         row: dict[str, object] = {"epoch": r.epoch, "loss": round(r.loss, 6)}
+        names = list(r.metrics.get("test") or METRICS)  # the selecting metric first
         for holdout in HOLDOUT_PREFIX:
             values = r.metrics.get(holdout)
-            for name in METRICS:
+            for name in names:
                 value = None if values is None else round(values[name], 6)
                 row[history_column(holdout, name, k)] = value
         row["train_seconds"] = round(r.train_seconds, 3)

@@ -17,7 +17,7 @@ import torch
 
 from torchcf import distributed
 from torchcf.data.sources import DataSpec, load_split
-from torchcf.data.split import Split
+from torchcf.data.split import Holdout, Split
 from torchcf.errors import ConfigError
 from torchcf.evaluation.metrics import hit_rate, ndcg
 from torchcf.evaluation.protocols import (
@@ -26,6 +26,13 @@ from torchcf.evaluation.protocols import (
     full_ranks,
     holdout_ranks,
     per_user,
+)
+from torchcf.evaluation.sets import (
+    SET_METRICS,
+    per_user_table,
+    set_metrics,
+    set_positions,
+    set_summary,
 )
 from torchcf.models.base import FittedModel, ScoringModel
 from torchcf.models.gmf import GMF
@@ -53,6 +60,8 @@ __all__ = [
     "recipe_names",
     "run_training",
     "evaluate_selected",
+    "evaluate_sets",
+    "format_sets",
     "sampled_metrics",
     "pretrained_parts",
 ]
@@ -242,7 +251,11 @@ def summarise(fit: FitResult, k: int, split: Split) -> dict[str, Any]:
             **split.protocol,
             "k": k,
             "metrics": f"HR@{k} and NDCG@{k} from the rank of the held-out item among its "
-            "candidates; ties count against it",
+            "candidates; ties count against it"
+            if split.ranking == "sampled"
+            else f"per user over the held-out set, every unmasked item ranked (ties count "
+            f"against the held-out items), averaged over users with held-out items; epochs "
+            f"selected by {fit.selected_by} {' then '.join(sel.metrics['test'])} @{k}",
         },
     }
 
@@ -282,8 +295,8 @@ def _start(
     split, source = load_split(data, config.split, progress=progress)
     echo(
         f"data: {split.num_users} users, {split.num_items} items, {len(split.train)} training "
-        f"interactions; test {len(split.test)} users"
-        + (f", validation {len(split.validation)} users" if split.validation is not None else "")
+        f"interactions; test {_holdout_size(split.test)}"
+        + (f", validation {_holdout_size(split.validation)}" if split.validation else "")
     )
     for note in split.protocol.get("notes", []):
         echo(f"note: {note}")
@@ -313,6 +326,11 @@ def _start(
     return split, model, source
 
 
+def _holdout_size(holdout: Holdout) -> str:
+    users = len(np.unique(holdout.users))
+    return f"{users} users" + (f" ({len(holdout)} items)" if users != len(holdout) else "")
+
+
 def _fit(
     model: ScoringModel,
     split: Split,
@@ -326,7 +344,6 @@ def _fit(
 ) -> tuple[Trainer, FitResult]:
     """Train with the per-epoch line, metrics.csv and checkpoint after every epoch (written by
     rank 0; every rank resumes from the checkpoint)."""
-    k = config.split.k
     epochs = config.train.epochs
     if isinstance(model, FittedModel) and model.max_epochs is not None:
         epochs = min(epochs, model.max_epochs)  # a closed form fits once
@@ -335,14 +352,14 @@ def _fit(
     def on_epoch(trainer: Trainer, record: EpochRecord) -> None:
         if bar is not None:
             bar.clear()
-        echo(format_epoch(record, epochs, k))
-        run.write_history(trainer.history, k)
+        echo(format_epoch(record, epochs, trainer.k))
+        run.write_history(trainer.history, trainer.k)
 
     trainer = Trainer(
         model,
         split,
         config.train,
-        k=k,
+        k=config.split.k,
         callbacks=[on_epoch, checkpoint_callback(run.checkpoint)] if world.main else [],
         progress=on_step if bar is not None else None,
         evaluate_initial=initial,
@@ -391,12 +408,17 @@ def run_training(
         model, split, config, run, resume, progress, echo, pretrained is not None, world
     )
     model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
-    evaluated = evaluate_selected(model, split, config.split.k, trainer.device, world)
+    if split.ranking == "sampled":
+        evaluated = evaluate_selected(model, split, config.split.k, trainer.device, world)
+    else:
+        evaluated = evaluate_sets(model, split, config.split.ks, trainer.device, world)
     if not world.main:
         distributed.barrier(world)  # until rank 0 has written the run
         return {}
     try:
-        return _finish(run, out, config, split, model, fit, evaluated, source, started, echo)
+        return _finish(
+            run, out, config, split, model, (fit, trainer.k), evaluated, source, started, echo
+        )
     finally:
         distributed.barrier(world)
 
@@ -411,14 +433,15 @@ def _finish(
     config: Recipe,
     split: Split,
     model: ScoringModel,
-    fit: FitResult,
+    fitted: tuple[FitResult, int],
     evaluated: tuple[dict[str, Any], pd.DataFrame],
     source: dict[str, Any],
     started: float,
     echo: Echo,
 ) -> dict[str, Any]:
-    """Every file of the run directory, from the selected epoch's weights and evaluation."""
-    k = config.split.k
+    """Every file of the run directory, from the selected epoch's weights and evaluation
+    (``fitted``: the fit and the cut-off of its epochs' metrics)."""
+    fit, k = fitted
     full, users = evaluated
     run.write_per_user(users, split.train)
     summary = {
@@ -447,7 +470,10 @@ def _finish(
     )
     run.write_summary(summary)
     run.checkpoint.unlink(missing_ok=True)
-    _report(summary, k, echo)
+    if split.ranking == "sampled":
+        _report(summary, k, echo)
+    else:
+        _report_sets(summary, k, echo)
     echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
     return summary
 
@@ -481,6 +507,56 @@ def evaluate_selected(
     return full_metrics(ranks, lists, test, model.num_items, ks), pd.concat(rows)
 
 
+def evaluate_sets(
+    model: ScoringModel,
+    split: Split,
+    ks: tuple[int, ...],
+    device: torch.device | str = "cpu",
+    world: distributed.World | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Held-out sets: every metric at each cut-off of ``ks`` on the test holdout (with item
+    coverage, the users evaluated and left out) and on validation, and the per-user table (one
+    row per user and holdout, every metric's value: their means are the figures)."""
+    world = world or distributed.World()
+    out: dict[str, Any] = {}
+    tables = []
+    for holdout in (split.test, split.validation):
+        if holdout is None:
+            continue
+        sets = split.sets(holdout)
+        lo, hi = world.span(len(sets))
+        positions, lists = set_positions(
+            model, sets.share(lo, hi), split.exclude(holdout), max(ks), device
+        )
+        share = sets.share(lo, hi)
+        values = set_metrics(positions, share.indptr, ks)
+        values = {
+            key: distributed.gather(torch.as_tensor(v), len(sets), world).numpy()
+            for key, v in values.items()
+        }
+        lists = distributed.gather(torch.from_numpy(lists), len(sets), world).numpy()
+        figures = set_summary(values, lists, model.num_items, ks)
+        out[holdout.name] = {
+            "holdout": holdout.name,
+            **figures,
+            "users": len(sets),
+            "users_without_items": split.num_users - len(sets),
+        }
+        tables.append(per_user_table(sets, values))
+    full = out.pop("test")
+    full["validation"] = out.get("validation")
+    full["protocol"] = {
+        "kind": "held-out sets, full ranking",
+        "candidates": "every item except the user's masked ones "
+        + ("(training and validation items)" if split.mask == "known" else "(training items)")
+        + "; ties count against the held-out items",
+        "mask": split.mask,
+        "ks": list(ks),
+        "metrics": list(SET_METRICS) + ["coverage"],
+    }
+    return full, pd.concat(tables, ignore_index=True)
+
+
 def sampled_metrics(users: pd.DataFrame, k: int) -> dict[str, dict[str, float]]:
     """Each holdout's sampled HR@k and NDCG@k from a per-user table's ranks (the same figures
     as evaluating again, without scoring again)."""
@@ -503,6 +579,27 @@ def _report(summary: Mapping[str, Any], k: int, echo: Echo) -> None:
         f"{best[hr]:.4f}  NDCG@{k} {best[nd]:.4f}"
     )
     echo(format_full(summary["full_ranking"], k))
+
+
+def _report_sets(summary: Mapping[str, Any], k: int, echo: Echo) -> None:
+    sel = summary["selected"]
+    chosen = "  ".join(f"{key.upper()} {value:.4f}" for key, value in sel["test"].items())
+    echo(f"selected epoch {sel['epoch']} by {sel['by']}: test {chosen}")
+    echo(format_sets(summary["full_ranking"]))
+
+
+def format_sets(full: Mapping[str, Any]) -> str:
+    """Held-out sets' figures in one line: Recall and NDCG at every cut-off."""
+    ks = full["protocol"]["ks"]
+    figures = "  ".join(
+        f"{name.capitalize() if name != 'ndcg' else 'NDCG'}@{k} {full[metric_key(name, k)]:.4f}"
+        for name in ("recall", "ndcg")
+        for k in ks
+    )
+    return (
+        f"full ranking ({full['holdout']} sets, {full['users']} users, mask "
+        f"{full['protocol']['mask']}): {figures}"
+    )
 
 
 def format_full(full: Mapping[str, Any], k: int) -> str:

@@ -24,6 +24,19 @@ __all__ = ["OPTIMIZERS", "Recipe", "TrainConfig", "applicable", "recipe", "takes
 OPTIMIZERS = ("adam", "lazy-adam", "sgd", "adagrad")
 
 
+SELECTABLE = ("hr", "ndcg", "recall", "precision", "mrr", "map")
+
+
+def selection_problem(value: str) -> str | None:
+    """What is wrong with a ``select_metric`` value (``auto`` or ``name@k``), or None."""
+    if value == "auto":
+        return None
+    name, _, k = value.partition("@")
+    if name in SELECTABLE and k.isdigit() and 1 <= int(k) <= 100_000:
+        return None
+    return f"must be auto or NAME@K with NAME one of {', '.join(SELECTABLE)}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class TrainConfig(Settings):
     """How a model is trained (the seed's settings are the defaults)."""
@@ -77,6 +90,12 @@ class TrainConfig(Settings):
         "holdout that selects the reported epoch (auto: validation when there is one)",
         flag="--select",
         choices=("auto", "validation", "test"),
+    )
+    select_metric: str = setting(
+        "auto",
+        "the metric and cut-off that select the epoch, e.g. ndcg@20 (auto: hr@k, NDCG breaking "
+        "ties, for sampled candidates; ndcg@20, recall@20 breaking ties, for held-out sets)",
+        check=lambda v: selection_problem(v),
     )
     seed: int = setting(
         0, "random seed (initialisation, negatives, order; and the split)", check=SEED

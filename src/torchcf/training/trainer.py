@@ -24,6 +24,7 @@ from torchcf.distributed import World
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.evaluation.metrics import hit_rate, ndcg
 from torchcf.evaluation.protocols import holdout_ranks
+from torchcf.evaluation.sets import set_metrics, set_positions
 from torchcf.io import atomic_path
 from torchcf.models.base import FittedModel, ScoringModel
 from torchcf.training.config import TrainConfig
@@ -33,6 +34,7 @@ from torchcf.training.steps import CompiledSteps, TrainStep, make_step
 
 __all__ = [
     "METRICS",
+    "selection",
     "EpochRecord",
     "FitResult",
     "Trainer",
@@ -45,6 +47,22 @@ BATCHES_PER_CALL = 256  # batches a compiled step runs per call (the progress ba
 # the metrics of every holdout after every epoch, from the held-out items' ranks; their order is
 # the order of selection (HR first, NDCG breaks ties)
 METRICS: dict[str, Callable[[torch.Tensor, int], float]] = {"hr": hit_rate, "ndcg": ndcg}
+
+
+def selection(split: Split, select_metric: str, k: int) -> tuple[tuple[str, str], int]:
+    """The metrics every epoch reports, the one that selects first (the other breaks ties), and
+    their cut-off: ``hr`` then ``ndcg`` at ``k`` for sampled candidates (the NCF protocol),
+    ``ndcg`` then ``recall`` at 20 for held-out sets, unless ``select_metric`` names another."""
+    if select_metric == "auto":
+        return (("hr", "ndcg"), k) if split.ranking == "sampled" else (("ndcg", "recall"), 20)
+    name, _, cut = select_metric.partition("@")
+    if split.ranking == "sampled":
+        if name not in METRICS:
+            raise ConfigError(
+                f"--select-metric {select_metric}: sampled candidates select by hr or ndcg"
+            )
+        return (name, "ndcg" if name == "hr" else "hr"), int(cut)
+    return (name, "recall" if name == "ndcg" else "ndcg"), int(cut)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,10 +90,10 @@ class EpochRecord:
     eval_seconds: float
 
     def score(self, holdout: str) -> tuple[float, ...]:
-        """The key that selects the best epoch on ``holdout``: its metrics in ``METRICS`` order
-        (a missing holdout scores 0)."""
+        """The key that selects the best epoch on ``holdout``: its metrics in their order, the
+        selecting one first (a missing holdout scores 0)."""
         values = self.metrics.get(holdout, {})
-        return tuple(values.get(name, 0.0) for name in METRICS)
+        return tuple(values.values()) if values else (0.0, 0.0)
 
 
 @dataclass
@@ -92,7 +110,8 @@ class FitResult:
 
 class Trainer:
     """Trains ``model`` on ``split.train`` and evaluates it on the holdouts after every epoch
-    (HR@k and NDCG@k, ``k`` the cut-off).
+    (HR@k and NDCG@k among sampled candidates, ``k`` the cut-off; for held-out sets the
+    selection metric and its partner at their cut-off, among every item: ``selection``).
 
     ``progress(epoch, n, total)`` is called with ``n = 0`` when an epoch starts and with each
     batch's size after its step (``total`` = the epoch's samples); ``callbacks`` after each epoch.
@@ -118,7 +137,7 @@ class Trainer:
         self.model = model
         self.split = split
         self.config = config
-        self.k = k
+        self.metric_names, self.k = selection(split, config.select_metric, k)
         self.callbacks = list(callbacks)
         self.progress = progress
         self.device = resolve_device(config.device)
@@ -138,11 +157,13 @@ class Trainer:
             pairs=config.loss == "bpr",
             prefetch_until=config.epochs if config.prefetch else 0,
         )
-        self._candidates = {
-            h.name: torch.as_tensor(h.candidates(), device=self.device)
-            for h in (split.test, split.validation)
-            if h is not None
-        }
+        holdouts = [h for h in (split.test, split.validation) if h is not None]
+        if split.ranking == "sampled":
+            self._candidates = {
+                h.name: torch.as_tensor(h.candidates(), device=self.device) for h in holdouts
+            }
+        else:  # held-out sets and what full ranking masks for them: made once
+            self._sets = {h.name: (split.sets(h), split.exclude(h)) for h in holdouts}
         self.history: list[EpochRecord] = []
         self.best: EpochRecord | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -238,7 +259,9 @@ class Trainer:
         return torch.cat(logits), torch.cat(trained)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        """Every metric of ``METRICS`` at ``k`` on each holdout."""
+        """The epoch's metrics (``metric_names`` at ``k``) on each holdout."""
+        if self.split.ranking != "sampled":
+            return self._evaluate_sets()
         out = {}
         for holdout in (self.split.test, self.split.validation):
             if holdout is None:
@@ -253,7 +276,22 @@ class Trainer:
                 share=slice(lo, hi),
             )
             ranks = distributed.gather(ranks, len(holdout), self.world)
-            out[holdout.name] = {name: metric(ranks, self.k) for name, metric in METRICS.items()}
+            out[holdout.name] = {name: METRICS[name](ranks, self.k) for name in self.metric_names}
+        return out
+
+    def _evaluate_sets(self) -> dict[str, dict[str, float]]:
+        """Held-out sets among every unmasked item: each rank its share of the users."""
+        out: dict[str, dict[str, float]] = {}
+        for name, (sets, exclude) in self._sets.items():
+            lo, hi = self.world.span(len(sets))
+            share = sets.share(lo, hi)
+            positions, _ = set_positions(self.model, share, exclude, self.k, self.device)
+            values = set_metrics(positions, share.indptr, (self.k,))
+            out[name] = {}
+            for metric in self.metric_names:
+                mine = torch.as_tensor(values[f"{metric}@{self.k}"], dtype=torch.float64)
+                every = distributed.gather(mine, len(sets), self.world)
+                out[name][metric] = float(every.mean()) if len(every) else math.nan
         return out
 
     # -- the loop ---------------------------------------------------------------------------------
