@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import needs_kernel, planted
+from torchcf.data.interactions import Interactions
 from torchcf.data.split import leave_one_out
 from torchcf.models.baselines import EASE, IALS, ItemKNN, Pop
 from torchcf.models.registry import SPECS, build_model
@@ -246,3 +247,19 @@ def test_ials_conjugate_gradient_converges_to_the_exact_solve(split):
     before = float(ials_objective(few, x))
     few.fit_epoch(split.train, 1)
     assert float(ials_objective(few, x)) < before  # even two steps descend
+
+
+@pytest.mark.parametrize("name", ["itemknn", "ease"])
+def test_large_catalogues_score_through_sparse_histories(name, monkeypatch):
+    """Above ``SPARSE_FROM`` items a history multiplies W as a sparse row: the same scores."""
+    from torchcf.models.baselines import history
+
+    rng = np.random.default_rng(0)
+    data = Interactions(rng.integers(0, 30, 400), rng.integers(0, 60, 400), 30, 60)
+    model = build_model(name, 30, 60, seed=0)
+    model.fit_epoch(data, 1)
+    users = torch.arange(30)
+    dense = model.score_all(users)
+    monkeypatch.setattr(history, "SPARSE_FROM", 10)
+    sparse = model.score_all(users)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)

@@ -321,3 +321,110 @@ def test_lastfm_popularity_band(tmp_path):
     full = json.loads((out / "metrics.json").read_text())["full_ranking"]
     assert 0.06 <= full["recall@10"] <= 0.09
     assert 0.10 <= full["ndcg@40"] <= 0.14
+
+
+def test_evaluate_tune_and_recommend_on_held_out_sets(tmp_path):
+    directory = write_split(tmp_path / "s")
+    runs = {}
+    for model in ("pop", "itemknn"):
+        runs[model] = tmp_path / model
+        done = run_cli(
+            "train",
+            "--data",
+            str(directory),
+            "--model",
+            model,
+            "--mask",
+            "train",
+            "--no-progress",
+            "--out",
+            str(runs[model]),
+        )
+        assert done.returncode == 0, done.stderr
+    again = run_cli("evaluate", str(runs["pop"]), "--json")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((runs["pop"] / "metrics.json").read_text())["full_ranking"]
+    full = json.loads(again.stdout)["full"]
+    for key in ("recall@10", "ndcg@20", "map@40", "coverage@10"):
+        assert full[key] == pytest.approx(summary[key])
+    against = run_cli("evaluate", str(runs["itemknn"]), "--against", str(runs["pop"]))
+    assert against.returncode == 0, against.stderr
+    assert "test, full" in against.stdout and "ΔRecall@10" in against.stdout
+    sampled = run_cli("evaluate", str(runs["pop"]), "--protocol", "sampled")
+    assert sampled.returncode == 2 and "no sampled protocol" in sampled.stderr
+    tuned = run_cli(
+        "tune",
+        "--data",
+        str(directory),
+        "--model",
+        "itemknn",
+        "--trials",
+        "2",
+        "--metric",
+        "recall",
+        "--out",
+        str(tmp_path / "tune"),
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    best = json.loads((tmp_path / "tune" / "best_config.json").read_text())
+    assert best["metric"].startswith("validation recall@20")
+    listed = run_cli("recommend", str(runs["itemknn"]), "--user", "0", "-k", "3")
+    assert listed.returncode == 0, listed.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["-k", "0"], "-k"),
+        (["-k", "10,x"], "-k"),
+        (["--select-metric", "auc@10"], "select_metric"),
+        (["--select-metric", "ndcg@0"], "select_metric"),
+        (["--mask", "all"], "--mask"),
+        (["--valid-fraction", "0.9"], "valid_fraction"),
+        (["--cutoffs", "10,,20"], "cutoffs"),
+    ],
+)
+def test_hostile_protocol_options(tmp_path, flags, message):
+    directory = write_split(tmp_path / "s")
+    out = tmp_path / "run"
+    done = run_cli("train", "--data", str(directory), "--model", "pop", "--out", str(out), *flags)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+    assert not out.exists()
+
+
+def test_the_page_lists_a_users_held_out_set_with_hits_marked(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from torchcf.runs.rundir import RunDir
+    from torchcf.serving.explore import History
+    from torchcf.serving.http import create_app
+    from torchcf.serving.recommender import Recommender
+
+    directory = write_split(tmp_path / "s")
+    out = tmp_path / "pop"
+    done = run_cli(
+        "train",
+        "--data",
+        str(directory),
+        "--model",
+        "pop",
+        "--mask",
+        "train",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    config = RunDir(out).read_config()
+    history = History.from_split(load_split(config.data, config.split)[0])
+    client = TestClient(create_app(Recommender.load(out), history=history))
+    body = client.get("/explore/user", params={"user": 0, "k": 4}).json()
+    held = {(row["item"], row["holdout"]) for row in body["held_out"]}
+    assert held == {(4, "test"), (6, "test"), (3, "validation")}
+    listed = [row["item"] for row in body["recommendations"]]
+    for row in body["held_out"]:  # a hit gives its position in the list, a miss None
+        want = listed.index(row["item"]) + 1 if row["item"] in listed else None
+        assert row["position"] == want
+    assert any(row["position"] for row in body["held_out"])  # pop lists item 4 (3 users)
+    assert body["user"] == 0

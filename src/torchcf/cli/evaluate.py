@@ -56,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"sampled ({name}, held-out item among its candidates): {values}")
     if "full" in result:
         full = result["full"]
-        print(f"full ranking ({full['holdout']}, held-out item among all unseen items):")
+        sets = full["protocol"]["kind"].startswith("held-out sets")
+        what = (
+            f"held-out sets, mask {full['protocol']['mask']}"
+            if sets
+            else ("held-out item among all unseen items")
+        )
+        print(f"full ranking ({full['holdout']}, {what}):")
         names = ("hr", "recall", "ndcg", "mrr", "precision", "coverage")
         print("   k  " + "  ".join(f"{n:>9}" for n in names))
         for k in full["protocol"]["ks"]:

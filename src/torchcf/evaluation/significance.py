@@ -175,17 +175,29 @@ def paired_difference(
 def paired_metrics(
     a: pd.DataFrame, b: pd.DataFrame, k: int, seed: int = 0, resamples: int = 10_000
 ) -> dict[tuple[str, str], list[PairedDifference]]:
-    """HR@k and NDCG@k differences of two runs' per-user tables, per (holdout, protocol) both
-    have, paired by user (a user missing from one table is an error: not the same split)."""
+    """HR@k and NDCG@k differences of two runs' per-user tables (for held-out sets, Recall@k
+    and NDCG@k, both Wilcoxon), per (holdout, protocol) both have, paired by user (a user
+    missing from one table is an error: not the same split)."""
     out: dict[tuple[str, str], list[PairedDifference]] = {}
-    keys = ["holdout", "protocol", "user", "item"]
+    sets = "held_out" in a.columns  # one row per user and held-out set (evaluation.sets)
+    keys = ["holdout", "protocol", "user"] + ([] if sets else ["item"])
+    columns = (
+        ((f"recall@{k}", "Recall", "ndcg"), (f"ndcg@{k}", "NDCG", "ndcg"))
+        if sets
+        else (("hit", "HR", "hit"), ("ndcg", "NDCG", "ndcg"))
+    )
+    missing = [c for c, _, _ in columns if c not in a.columns or c not in b.columns]
+    if missing:
+        raise DataError(f"the per-user tables have no {', '.join(missing)} (another cut-off)")
     joined = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
     if (joined["_merge"] != "both").any():
         raise DataError("the runs were not evaluated on the same users: not the same split")
-    columns = (("hit", "HR"), ("ndcg", "NDCG"))
     for (holdout, protocol), rows in joined.groupby(["holdout", "protocol"], sort=False):
         diffs = np.stack(
-            [rows[f"{c}_a"].to_numpy(float) - rows[f"{c}_b"].to_numpy(float) for c, _ in columns],
+            [
+                rows[f"{c}_a"].to_numpy(float) - rows[f"{c}_b"].to_numpy(float)
+                for c, _, _ in columns
+            ],
             axis=1,
         )
         lows, highs = bootstrap_ci(diffs, seed, resamples)
@@ -194,12 +206,12 @@ def paired_metrics(
                 rows[f"{column}_a"].to_numpy(),
                 rows[f"{column}_b"].to_numpy(),
                 f"{name}@{k}",
-                column,
+                kind,
                 seed,
                 resamples,
                 ci=(float(lows[j]), float(highs[j])),
             )
-            for j, (column, name) in enumerate(columns)
+            for j, (column, name, kind) in enumerate(columns)
         ]
     return out
 

@@ -197,7 +197,7 @@ Param = FloatRange | IntRange | Choice
 
 # the training settings a fitted model (closed form, alternating solves) takes: the others
 # (optimizer, batches, negatives...) mean nothing to it and are refused
-FITTED_TRAINING = frozenset({"epochs", "seed", "device", "patience", "select_by"})
+FITTED_TRAINING = frozenset({"epochs", "seed", "device", "patience", "select_by", "select_metric"})
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation.protocols import evaluate_full, evaluate_sampled, full_ks
 from torchcf.evaluation.significance import paired_metrics
 from torchcf.runs.rundir import RunConfig, RunDir
-from torchcf.runs.train import evaluate_selected
+from torchcf.runs.train import evaluate_selected, evaluate_sets
 from torchcf.serving.persistence import LoadedModel, load_model
 
 __all__ = [
@@ -65,6 +65,11 @@ def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False
     check_split(loaded, split, run)
     k = config.split.k
     out: dict[str, Any] = {"run": str(run), "model": loaded.model.name}
+    if split.ranking == "sets":  # held-out sets have one protocol: full ranking
+        if protocol == "sampled":
+            raise ConfigError(f"{run} holds out sets ranked among every item: no sampled protocol")
+        out["full"] = evaluate_sets(loaded.model, split, config.split.ks)[0]
+        return out
     if protocol in ("sampled", "both"):
         holdouts = [h for h in (split.test, split.validation) if h is not None]
         out["sampled"] = {
@@ -86,6 +91,8 @@ def per_user_results(run: str | Path) -> pd.DataFrame:
     loaded = load_model(run)
     split = load_run_split(run, config)
     check_split(loaded, split, run)
+    if split.ranking == "sets":
+        return evaluate_sets(loaded.model, split, config.split.ks)[1]
     return evaluate_selected(loaded.model, split, config.split.k)[1]
 
 

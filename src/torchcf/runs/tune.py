@@ -25,7 +25,7 @@ from torchcf.models.base import Choice, FloatRange, IntRange, Param
 from torchcf.models.registry import build_model, get_spec
 from torchcf.runs.rundir import versions
 from torchcf.training.config import Recipe, recipe
-from torchcf.training.trainer import EpochRecord, Trainer
+from torchcf.training.trainer import EpochRecord, Trainer, selection
 
 __all__ = ["run_tune"]
 
@@ -107,8 +107,8 @@ def run_tune(
     space = {k: v for k, v in get_spec(model).search.items() if k not in overrides}
     if not space:
         raise ConfigError(f"{model} has no hyperparameters left to tune")
-    if metric not in ("ndcg", "hr"):
-        raise ConfigError(f"metric must be ndcg or hr, got {metric!r}")
+    if metric not in ("ndcg", "hr", "recall"):
+        raise ConfigError(f"metric must be ndcg, hr or recall, got {metric!r}")
     if trials < 1:
         raise ConfigError(f"trials must be positive, got {trials}")
     base = recipe(model, {**overrides, "select_by": "validation"})
@@ -117,6 +117,13 @@ def run_tune(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     split, source = load_split(spec, base.split, progress=False)
+    if split.ranking == "sets" and base.train.select_metric == "auto":  # held-out sets: @20
+        base = base.replace(select_metric=f"{metric}@20")
+    names, cut = selection(split, base.train.select_metric, base.split.k)
+    if metric not in names:
+        raise ConfigError(
+            f"--metric {metric} is not what selects the epochs ({' then '.join(names)}@{cut})"
+        )
     study = _study(out, model, base)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = [t for t in study.trials if t.state in finished]
@@ -126,17 +133,17 @@ def run_tune(
     def after(study_: Any, trial: Any) -> None:
         state = trial.state.name.lower()
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-        value = "" if trial.value is None else f"  validation {metric.upper()}@{base.split.k} "
+        value = "" if trial.value is None else f"  validation {metric.upper()}@{cut} "
         value += "" if trial.value is None else f"{trial.value:.4f}"
         echo(f"trial {trial.number:>3} {state:<8} {shown}{value}")
-        _write_results(study_, out, model, base, metric, source, command)
+        _write_results(study_, out, model, base, (metric, cut), source, command)
 
     if trials > len(done):
         objective = _objective(base, space, split, metric)
         study.optimize(
             objective, n_trials=trials - len(done), timeout=timeout, callbacks=[after], catch=()
         )
-    return _write_results(study, out, model, base, metric, source, command)
+    return _write_results(study, out, model, base, (metric, cut), source, command)
 
 
 def _validation(record: EpochRecord, metric: str) -> float:
@@ -152,12 +159,14 @@ def _write_results(
     out: Path,
     model: str,
     base: Recipe,
-    metric: str,
+    measured: tuple[str, int],
     source: dict[str, Any],
     command: list[str] | None,
 ) -> dict[str, Any]:
+    """``trials.csv`` and ``best_config.json`` (``measured``: the metric and its cut-off)."""
     import optuna
 
+    metric, cut = measured
     trials = study.trials
     names = sorted({name for t in trials for name in t.params})
     with atomic_open(out / "trials.csv") as handle:
@@ -167,7 +176,7 @@ def _write_results(
                 "trial",
                 "state",
                 *names,
-                f"validation_{metric_key(metric, base.split.k)}",
+                f"validation_{metric_key(metric, cut)}",
                 "epoch",
                 "seconds",
             ]
@@ -185,7 +194,7 @@ def _write_results(
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     summary: dict[str, Any] = {
         "model": model,
-        "metric": f"validation {metric}@{base.split.k} at the best validation epoch",
+        "metric": f"validation {metric}@{cut} at the best validation epoch",
         "trials": {"complete": len(complete), "total": len(trials)},
         "source": source,
         "command": command if command is not None else sys.argv,

@@ -125,8 +125,8 @@ class Explorer:
              else None}
             for name, i in self.history.held_out.get(index, [])
         ]  # fmt: skip
-        for row, index in zip(rows, listed, strict=True):
-            row["held_out"] = held.get(index)
+        for row, item in zip(rows, listed, strict=True):
+            row["held_out"] = held.get(item)
         return {
             "user": _plain(self.rec.user_map.to_id(np.array([index]))[0]),
             "history": shown,

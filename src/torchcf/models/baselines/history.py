@@ -6,6 +6,7 @@ saved with the weights (no pickles), and fold new users in without fitting: ``x 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,12 @@ import torch
 from torchcf.data.interactions import Interactions
 from torchcf.models.base import FittedModel, ModelConfig, gather_scores
 
-__all__ = ["HistoryModel"]
+__all__ = ["SPARSE_FROM", "HistoryModel"]
+
+# above this many items, a user's history multiplies W as a sparse row: B·nnz·I work instead of
+# B·I² (Gowalla: 41k items, ~24 a user). At or below it (ML-1M's 3,706) the dense product is as
+# fast and gives the figures recorded so far bit for bit.
+SPARSE_FROM = 8192
 
 
 class HistoryModel(FittedModel):
@@ -72,7 +78,24 @@ class HistoryModel(FittedModel):
         return dense
 
     def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        return self.history(users) @ self.weights
+        if self.num_items <= SPARSE_FROM:
+            return self.history(users) @ self.weights
+        return torch.sparse.mm(self._sparse_history(users), self.weights)
+
+    def _sparse_history(self, users: torch.Tensor) -> torch.Tensor:
+        """The users' training items as a ``(B, num_items)`` sparse CSR matrix of ones."""
+        starts, ends = self.history_indptr[users], self.history_indptr[users + 1]
+        counts = ends - starts
+        offsets = torch.arange(int(counts.sum()), device=users.device)
+        offsets = offsets - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        columns = self.history_indices[torch.repeat_interleave(starts, counts) + offsets]
+        crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        values = torch.ones(len(columns), device=users.device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": mm is what we use
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                crow, columns, values, (len(users), self.num_items), device=users.device
+            )
 
     def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
         """Item-item models need no fitting: ``x @ W`` for the new user's row ``x``."""
