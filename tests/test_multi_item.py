@@ -428,3 +428,45 @@ def test_the_page_lists_a_users_held_out_set_with_hits_marked(tmp_path):
         assert row["position"] == want
     assert any(row["position"] for row in body["held_out"])  # pop lists item 4 (3 users)
     assert body["user"] == 0
+
+
+def test_compare_and_blend_on_held_out_sets(tmp_path):
+    directory = write_split(tmp_path / "s")
+    out = tmp_path / "cmp"
+    done = run_cli(
+        "compare",
+        "--data",
+        str(directory),
+        "--models",
+        "pop,itemknn,bpr",
+        "--epochs",
+        "2",
+        "--mask",
+        "train",
+        "--seeds",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "results.json").read_text())
+    pop = report["models"]["pop"]
+    first = json.loads((out / "runs" / "seed-0" / "pop" / "metrics.json").read_text())
+    assert pop["full_recall@40"] == pytest.approx(first["full_ranking"]["recall@40"])
+    assert {p["metric"] for p in report["pairs"]} == {"Recall@10", "NDCG@10"}
+    assert {p["protocol"] for p in report["pairs"]} == {"full"}
+    text = (out / "report.md").read_text()
+    assert "| NDCG@40 |" in text and "mask train" in text
+    blended = tmp_path / "blend"
+    runs = [str(out / "runs" / "seed-0" / m) for m in ("itemknn", "bpr")]
+    done = run_cli("blend", *runs, "--out", str(blended))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((blended / "metrics.json").read_text())
+    assert len(summary["search"]) == 21 and "ndcg@20" in summary["search"][0]
+    best = max(summary["search"], key=lambda r: (r["ndcg@20"], r["recall@20"]))
+    assert list(summary["weights"].values()) == pytest.approx(best["weights"])
+    assert summary["selected"]["validation"]["ndcg@20"] == pytest.approx(best["ndcg@20"])
+    table = pd.read_parquet(blended / "per_user.parquet")
+    test = table[table["holdout"] == "test"]
+    assert test["ndcg@40"].mean() == pytest.approx(summary["full_ranking"]["ndcg@40"])

@@ -2,7 +2,8 @@
 
 The runs' scores are standardised per user (``models.Blend``) and summed with weights chosen on
 the validation holdout: every point of a grid over the weight simplex is scored on validation
-(sampled candidates, the run's ``k``), the best by ``metric`` (ties: the other metric) wins. The
+(sampled candidates, the run's ``k``; held-out sets: every item ranked, Recall and NDCG at 20),
+the best by ``metric`` (ties: the other metric) wins. The
 test holdout is evaluated once, at the chosen weights. The result is a run directory like
 ``train``'s: ``evaluate``, ``recommend`` and ``serve`` take it as it is.
 """
@@ -20,15 +21,22 @@ from typing import Any
 import pandas as pd
 import torch
 
-from torchcf.data.split import Holdout
+from torchcf.data.split import Holdout, Split
 from torchcf.errors import ConfigError
 from torchcf.evaluation.metrics import hit_rate, ndcg, positive_ranks
+from torchcf.evaluation.sets import set_metrics, set_positions
 from torchcf.io import atomic_directory
 from torchcf.models.base import ScoringModel
 from torchcf.models.blend import Blend, standardise, weighted_sum
 from torchcf.runs.evaluate import check_split, load_run_split
 from torchcf.runs.rundir import RunConfig, RunDir, metric_key, metrics_at, versions
-from torchcf.runs.train import evaluate_selected, format_full, sampled_metrics
+from torchcf.runs.train import (
+    evaluate_selected,
+    evaluate_sets,
+    format_full,
+    format_sets,
+    sampled_metrics,
+)
 from torchcf.serving.persistence import LoadedModel, load_model, save_model
 
 __all__ = ["blend_runs", "simplex_grid"]
@@ -77,6 +85,20 @@ def search_weights(models: list[ScoringModel], holdout: Holdout, k: int) -> list
     return table
 
 
+def search_weights_sets(models: list[ScoringModel], split: Split, cut: int) -> list[dict[str, Any]]:
+    """Held-out sets: Recall@cut and NDCG@cut on validation of every grid point (each point's
+    blend ranks every unmasked item), in grid order."""
+    assert split.validation is not None
+    held, exclude = split.sets(split.validation), split.exclude(split.validation)
+    table = []
+    for weights in simplex_grid(len(models)):
+        positions, _ = set_positions(Blend.of(models, list(weights)), held, exclude, cut)
+        values = set_metrics(positions, held.indptr, (cut,))
+        means = {m: float(values[metric_key(m, cut)].mean()) for m in ("recall", "ndcg")}
+        table.append({"weights": list(weights), **metrics_at(means, cut)})
+    return table
+
+
 def _parse_weights(weights: Sequence[float], parts: int) -> list[float]:
     if len(weights) != parts:
         raise ConfigError(f"--weights needs one weight per run ({parts}), got {len(weights)}")
@@ -105,18 +127,24 @@ def _same_split(runs: Sequence[str | Path]) -> RunConfig:
 
 def _choose(
     models: list[ScoringModel],
-    validation: Holdout | None,
+    split: Split,
     k: int,
     metric: str,
     first_run: str | Path,
 ) -> tuple[list[float], list[dict[str, Any]], str]:
-    """Weights of the best grid point on validation by ``metric`` (ties: the other metric)."""
-    if validation is None:
+    """Weights of the best grid point on validation by ``metric`` (ties: the other metric;
+    held-out sets: Recall and NDCG at ``k``, the selection's cut-off)."""
+    if split.validation is None:
         raise ConfigError(
             f"{first_run} has no validation holdout to choose the weights on; give --weights"
         )
-    search = search_weights(models, validation, k)
-    other = "hr" if metric == "ndcg" else "ndcg"
+    if split.ranking == "sets":
+        search = search_weights_sets(models, split, k)
+        metric = "recall" if metric == "hr" else metric
+        other = "ndcg" if metric == "recall" else "recall"
+    else:
+        search = search_weights(models, split.validation, k)
+        other = "hr" if metric == "ndcg" else "ndcg"
     best = max(search, key=lambda row: (row[metric_key(metric, k)], row[metric_key(other, k)]))
     return best["weights"], search, f"validation {metric.upper()}@{k} over {len(search)} weightings"
 
@@ -156,15 +184,19 @@ def blend_runs(
     models = [run.model for run in loaded]
     names = [f"{m.name} ({run})" for m, run in zip(models, runs, strict=True)]
     echo(f"blend of {len(runs)} runs: {', '.join(names)}")
-    k = config.split.k
+    k = config.split.k if split.ranking == "sampled" else 20  # held-out sets: Recall/NDCG@20
     search: list[dict[str, Any]] = []
     chosen_by = "given"
     if weights is None:
-        weights, search, chosen_by = _choose(models, split.validation, k, metric, runs[0])
+        weights, search, chosen_by = _choose(models, split, k, metric, runs[0])
     blend = Blend.of(models, list(weights))
-    full, users = evaluate_selected(blend, split, k)
     selected: dict[str, Any] = {"by": "validation" if search else "given"}
-    selected.update(sampled_metrics(users, k))
+    if split.ranking == "sampled":
+        full, users = evaluate_selected(blend, split, k)
+        selected.update(sampled_metrics(users, k))
+    else:
+        full, users = evaluate_sets(blend, split, tuple(sorted({*config.split.ks, k})))
+        selected.update(_set_figures(full, users, k))
     summary = {
         "model": Blend.name,
         "weights": dict(zip([f"{i}:{m.name}" for i, m in enumerate(models)], weights, strict=True)),
@@ -199,6 +231,14 @@ def blend_runs(
     _report(summary, models, list(weights), k, echo)
     echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
     return summary
+
+
+def _set_figures(full: dict[str, Any], users: pd.DataFrame, k: int) -> dict[str, Any]:
+    """Held-out sets: each holdout's Recall@k and NDCG@k (the per-user table's means)."""
+    out = {}
+    for holdout, rows in users.groupby("holdout", sort=False):
+        out[str(holdout)] = {key: float(rows[key].mean()) for key in (f"recall@{k}", f"ndcg@{k}")}
+    return out
 
 
 def _part(run: str | Path, loaded: LoadedModel) -> dict[str, Any]:
@@ -239,6 +279,13 @@ def _report(
     shares = " + ".join(f"{w:.2f} {m.name}" for w, m in zip(weights, models, strict=True))
     line = f"weights ({summary['chosen_by']}): {shares}"
     selected = summary["selected"]
+    if summary["full_ranking"]["protocol"]["kind"].startswith("held-out sets"):
+        shown = {h: "  ".join(f"{n.upper()} {v:.4f}" for n, v in selected[h].items())
+                 for h in ("validation", "test") if h in selected}  # fmt: skip
+        echo(line + (f"  (validation {shown['validation']})" if "validation" in shown else ""))
+        echo(f"test {shown['test']}")
+        echo(format_sets(summary["full_ranking"]))
+        return
     hr, nd = metric_key("hr", k), metric_key("ndcg", k)
     if "validation" in selected:
         v = selected["validation"]

@@ -249,6 +249,8 @@ def _failure(seed: int | None, reason: str, echo: Callable[[str], None], key: st
 
 
 def _row(key: str, summary: dict[str, Any], run: Path) -> dict[str, Any]:
+    if summary["full_ranking"]["protocol"]["kind"].startswith("held-out sets"):
+        return _set_row(key, summary, run)
     k = summary["protocol"]["k"]
     selected, best = summary["selected"], summary["best_test"]
     full = summary.get("full_ranking", {})
@@ -273,6 +275,68 @@ def _row(key: str, summary: dict[str, Any], run: Path) -> dict[str, Any]:
         "k": k,
         "protocol": summary["protocol"],
     }
+
+
+def _set_row(key: str, summary: dict[str, Any], run: Path) -> dict[str, Any]:
+    """A compare row of a run on held-out sets: test Recall and NDCG at every cut-off."""
+    full = summary["full_ranking"]
+    ks = full["protocol"]["ks"]
+    selected = summary["selected"]
+    return {
+        "model": key,
+        "run": str(run),
+        "selected_by": f"{selected['by']} {next(iter(selected['test']))}",
+        "selected_epoch": selected["epoch"],
+        **{
+            f"full_{metric_key(m, c)}": full[metric_key(m, c)]
+            for c in ks
+            for m in ("recall", "ndcg")
+        },
+        "best_test_epoch": summary["best_test"]["epoch"],
+        "wall_seconds": summary.get("wall_seconds", float("nan")),
+        "seconds_per_epoch": summary["seconds_per_epoch"]["train"]
+        + summary["seconds_per_epoch"]["eval"],
+        "epochs": summary["epochs_run"],
+        "parameters": summary["parameters"],
+        "k": summary["protocol"]["k"],
+        "ks": ks,
+        "protocol": summary["protocol"],
+    }
+
+
+def _set_table(report: dict[str, Any]) -> list[str]:
+    """Held-out sets: every model's test Recall and NDCG at each cut-off (mean ± std [CI] over
+    seeds with several)."""
+    models = report["models"]
+    ks = next(iter(models.values()))["ks"] if models else []
+    columns = [f"full_{metric_key(m, c)}" for m in ("recall", "ndcg") for c in ks]
+    titles = [
+        f"{'Recall' if m == 'recall' else 'NDCG'}@{c}" for m in ("recall", "ndcg") for c in ks
+    ]
+    unbeaten = set(report.get("unbeaten", []))
+    lines = [
+        "| model | selected by | epoch | " + " | ".join(titles) + " | s/epoch | wall s | "
+        "parameters | unbeaten |",
+        "|---|---|---|" + "---|" * len(titles) + "---|---|---|---|",
+    ]
+    for key, r in models.items():
+        spread = r.get("seeds_summary") or {}
+        cells = [_spread(spread.get(c), r[c]) for c in columns]
+        epochs = r["selected_epoch"]
+        epochs = ",".join(map(str, epochs)) if isinstance(epochs, list) else epochs
+        lines.append(
+            f"| {key} | {r['selected_by']} | {epochs} | "
+            + " | ".join(cells)
+            + f" | {r['seconds_per_epoch']:.1f} | {r['wall_seconds']:.0f} | "
+            f"{r['parameters']:,} | {'yes' if key in unbeaten else ''} |"
+        )
+    mask = (report.get("protocol") or {}).get("mask", "?")
+    return lines + [
+        "",
+        f"Test figures over each user's held-out set, every item ranked except the masked ones "
+        f"(mask {mask}), at the epoch validation selected. *Unbeaten*: no other model is "
+        "significantly better on test Recall or NDCG (below).",
+    ]
 
 
 def _table(report: dict[str, Any]) -> list[str]:
@@ -374,8 +438,10 @@ def _differences(report: dict[str, Any]) -> list[str]:
         if shown:
             lines += [f"Test, {title}:", ""] + [f"- {p['words']}" for p in shown] + [""]
     unbeaten = report.get("unbeaten", [])
+    sets = not any(p["protocol"] == "sampled" for p in pairs)
     lines += [
-        "Not significantly beaten by any other model (test, sampled, HR or NDCG): "
+        "Not significantly beaten by any other model "
+        + ("(test, Recall or NDCG): " if sets else "(test, sampled, HR or NDCG): ")
         + (", ".join(f"**{m}**" for m in unbeaten) or "none"),
         "",
         "| a − b | holdout | protocol | metric | a | b | Δ | 95 % CI | test | p | p (Holm) | "
@@ -403,7 +469,11 @@ def render_report(report: dict[str, Any]) -> str:
     """The Markdown report: one table row per model, the pairs' differences in words and as a
     table, then protocol, settings, command and versions (every figure from ``report``)."""
     lines = ["# torchcf compare", ""]
-    lines += _seeds_table(report) if report.get("seeds") else _table(report)
+    sets = any("ks" in r for r in report["models"].values())
+    if sets:
+        lines += _set_table(report)
+    else:
+        lines += _seeds_table(report) if report.get("seeds") else _table(report)
     lines += _differences(report)
     if report["failed"]:
         lines += ["", "## Failed", ""]
@@ -468,9 +538,15 @@ def write_curves(path: Path, histories: dict[str, list[list[dict[str, Any]]]], k
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for ax, metric, label in zip(axes, ("hr", "ndcg"), ("HR", "NDCG"), strict=True):
+    first = next((rows[0] for seeds in histories.values() for rows in seeds if rows), {})
+    tested = [c for c in first if c.startswith("test_")] or [
+        history_column("test", m, k) for m in ("hr", "ndcg")
+    ]  # held-out sets: the selecting metric and its partner at their own cut-off
+    for ax, column in zip(axes, tested[:2], strict=False):
+        name, cut = column.removeprefix("test_").split("@")
+        label = {"hr": "HR", "ndcg": "NDCG"}.get(name, name.capitalize())
+        k = int(cut)
         for key, seeds in histories.items():
-            column = history_column("test", metric, k)
             by_epoch: dict[int, list[float]] = {}
             for rows in seeds:
                 for r in rows:

@@ -33,6 +33,7 @@ from torchcf.io import atomic_path
 __all__ = [
     "ALPHA",
     "METRICS",
+    "metric_columns",
     "pair_differences",
     "seed_averaged",
     "summarise_seeds",
@@ -51,11 +52,7 @@ def summarise_seeds(rows: Sequence[Mapping[str, Any]], k: int) -> dict[str, Any]
     """One model's per-seed rows (compare's) as one: every metric's mean, with its spread over
     seeds (``over_seeds``) under ``seeds_summary``; the per-seed values under ``per_seed``."""
     first = rows[0]
-    names = [
-        f"{prefix}{metric_key(m, k)}"
-        for prefix in ("", "best_test_", "full_")
-        for m in ("hr", "ndcg")
-    ]
+    names = metric_columns(first)
     out: dict[str, Any] = dict(first)
     out["seeds"] = [r["seed"] for r in rows]
     out["runs"] = [r["run"] for r in rows]
@@ -77,12 +74,21 @@ def summarise_seeds(rows: Sequence[Mapping[str, Any]], k: int) -> dict[str, Any]
     return out
 
 
+def metric_columns(row: Mapping[str, Any]) -> list[str]:
+    """A compare row's metric keys (``hr@10``, ``full_ndcg@10``, ``full_recall@40``...)."""
+    return [n for n, v in row.items() if "@" in n and isinstance(v, int | float)]
+
+
 def seed_averaged(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Per-user tables of one model, one per seed, as one: each (holdout, protocol, user, item)
-    row's hit and NDCG averaged over the seeds that have it."""
-    keys = ["holdout", "protocol", "user", "item"]
-    joined = pd.concat([t[[*keys, "hit", "ndcg"]] for t in tables], ignore_index=True)
-    return joined.groupby(keys, sort=False, as_index=False)[["hit", "ndcg"]].mean()
+    row's hit and NDCG (for held-out sets: each (holdout, protocol, user) row's every metric)
+    averaged over the seeds that have it."""
+    sets = "held_out" in tables[0].columns
+    keys = ["holdout", "protocol", "user"] + ([] if sets else ["item"])
+    values = [c for c in tables[0].columns if "@" in c] if sets else ["hit", "ndcg"]
+    extra = ["held_out"] if sets else []
+    joined = pd.concat([t[[*keys, *extra, *values]] for t in tables], ignore_index=True)
+    return joined.groupby(keys + extra, sort=False, as_index=False)[values].mean()
 
 
 def pair_differences(
@@ -102,7 +108,8 @@ def pair_differences(
         a, b = models[high], models[low]
         found = paired_metrics(per_user[a], per_user[b], k, seed=seed, resamples=resamples)
         for (holdout, protocol), differences in found.items():
-            for (_, _, key), d in zip(METRICS, differences, strict=True):
+            for d in differences:
+                key = d.metric.split("@")[0].lower()  # HR@10 → hr, Recall@10 → recall
                 values = d.as_dict()
                 row: dict[str, Any] = {"a": a, "b": b, "holdout": holdout, "protocol": protocol}
                 row.update(a_mean=values.pop("a"), b_mean=values.pop("b"), **values)
@@ -158,10 +165,12 @@ def words(row: Mapping[str, Any]) -> str:
 
 def unbeaten(models: Sequence[str], pairs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The models that no other model significantly beats on the test holdout (sampled
-    candidates), in HR@k or NDCG@k."""
+    candidates; held-out sets: full ranking), in HR@k or NDCG@k (held-out sets: Recall@k or
+    NDCG@k)."""
     beaten = set()
+    protocol = "sampled" if any(r["protocol"] == "sampled" for r in pairs) else "full"
     for r in pairs:
-        if r["holdout"] == "test" and r["protocol"] == "sampled" and significant(r):
+        if r["holdout"] == "test" and r["protocol"] == protocol and significant(r):
             beaten.add(r["b"] if r["delta"] > 0 else r["a"])
     return [m for m in models if m not in beaten]
 
