@@ -470,3 +470,29 @@ def test_compare_and_blend_on_held_out_sets(tmp_path):
     table = pd.read_parquet(blended / "per_user.parquet")
     test = table[table["holdout"] == "test"]
     assert test["ndcg@40"].mean() == pytest.approx(summary["full_ranking"]["ndcg@40"])
+
+
+def test_cold_users_of_a_published_split_follow_the_policy(tmp_path):
+    """User 4 has test items but no training line: kept (counted) or dropped (counted)."""
+    directory = write_split(tmp_path / "s", test=TEST + "4 0 1\n")
+    for policy, users in (("keep", [0, 1, 2, 4]), ("drop", [0, 1, 2])):
+        split = load_split(DataSpec(path=str(directory)), SplitConfig(cold_users=policy))[0]
+        assert sorted(set(split.test.users.tolist())) == users
+        notes = " ".join(split.protocol["notes"])
+        assert "1 test users have no training interaction" in notes
+
+
+def test_two_processes_evaluate_held_out_sets_as_one(tmp_path):
+    """--nproc 2: each rank ranks its share of the users; the gathered figures and per-user
+    table equal one process's."""
+    directory = write_split(tmp_path / "s")
+    args = ["train", "--data", str(directory), "--model", "mf", "--epochs", "2", "--factors",
+            "4", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    one = run_cli(*args, "--out", str(tmp_path / "one"))
+    two = run_cli(*args, "--out", str(tmp_path / "two"), "--nproc", "2", "--threads", "1")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    figures = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two")]
+    for key in ("recall@10", "ndcg@40", "map@20", "coverage@10"):
+        assert figures[0]["full_ranking"][key] == pytest.approx(figures[1]["full_ranking"][key])
+    tables = [pd.read_parquet(tmp_path / r / "per_user.parquet") for r in ("one", "two")]
+    pd.testing.assert_frame_equal(tables[0], tables[1], rtol=1e-6)

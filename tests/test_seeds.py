@@ -153,6 +153,10 @@ def test_a_temporal_run_end_to_end_and_its_error_without_timestamps(tmp_path):
     assert test["hit"].mean() == pytest.approx(summary["selected"]["test"]["hr@10"], abs=1e-12)
     full = table[(table["holdout"] == "test") & (table["protocol"] == "full")]
     assert full["ndcg"].mean() == pytest.approx(summary["full_ranking"]["ndcg@10"], abs=1e-12)
+    sets = summary["full_ranking"]["sets"]  # each user's held-out interactions as one set
+    assert sets["users"] == test["user"].nunique() and sets["protocol"]["mask"] == "known"
+    assert 0.0 <= sets["recall@10"] <= sets["recall@40"] <= 1.0
+    assert "full ranking (test sets" in result.stdout
     assert run_cli("evaluate", str(out)).returncode == 0  # the split is rebuilt the same
 
     table_file = tmp_path / "events.csv"

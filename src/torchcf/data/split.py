@@ -603,21 +603,11 @@ def temporal_split(
     if cold_items:
         notes.append(f"{cold_items} test interactions are of items never trained on (kept)")
     protocol: dict[str, Any] = {
-        "split": "temporal (global time cut)",
-        "test_item": f"every interaction after the {1 - fraction:.0%} time quantile "
-        f"(timestamp > {test_cut})",
-        "validation_item": None
-        if val_holdout is None
-        else f"every interaction after the {1 - fraction - (valid_fraction or fraction):.0%} "
-        f"quantile (timestamp > "
-        f"{train_cut}) up to the test cut; training ends there",
+        **_temporal_protocol(fraction, valid_fraction, test_cut, train_cut, val_holdout),
         "candidates": f"the held-out item + {num_negatives} distinct sampled items the user "
         "never interacted with; one row per held-out interaction",
         "eval_negatives": num_negatives,
         "seed": seed,
-        "test_fraction": fraction,
-        "test_cut": test_cut.item(),
-        "train_cut": train_cut.item(),
         "test_users": int(len(np.unique(test.users))),
         "test_interactions": len(test),
         "validation_users": 0 if val_holdout is None else int(len(np.unique(val_holdout.users))),
@@ -626,6 +616,28 @@ def temporal_split(
         "notes": notes,
     }
     return Split(train, test, val_holdout, protocol)
+
+
+def _temporal_protocol(
+    fraction: float,
+    valid_fraction: float | None,
+    test_cut: Any,
+    train_cut: Any,
+    val_holdout: Holdout | None,
+) -> dict[str, Any]:
+    """How a temporal split cut the data, in words and numbers."""
+    return {
+        "split": "temporal (global time cut)",
+        "test_item": f"every interaction after the {1 - fraction:.0%} time quantile "
+        f"(timestamp > {test_cut})",
+        "validation_item": None
+        if val_holdout is None
+        else f"every interaction after the {1 - fraction - (valid_fraction or fraction):.0%} "
+        f"quantile (timestamp > {train_cut}) up to the test cut; training ends there",
+        "test_fraction": fraction,
+        "test_cut": test_cut.item(),
+        "train_cut": train_cut.item(),
+    }
 
 
 def _set_holdout(name: str, users: np.ndarray, items: np.ndarray) -> Holdout:

@@ -190,13 +190,8 @@ def blend_runs(
     if weights is None:
         weights, search, chosen_by = _choose(models, split, k, metric, runs[0])
     blend = Blend.of(models, list(weights))
-    selected: dict[str, Any] = {"by": "validation" if search else "given"}
-    if split.ranking == "sampled":
-        full, users = evaluate_selected(blend, split, k)
-        selected.update(sampled_metrics(users, k))
-    else:
-        full, users = evaluate_sets(blend, split, tuple(sorted({*config.split.ks, k})))
-        selected.update(_set_figures(full, users, k))
+    full, users, figures = _evaluate(blend, split, config, k)
+    selected: dict[str, Any] = {"by": "validation" if search else "given", **figures}
     summary = {
         "model": Blend.name,
         "weights": dict(zip([f"{i}:{m.name}" for i, m in enumerate(models)], weights, strict=True)),
@@ -231,6 +226,17 @@ def blend_runs(
     _report(summary, models, list(weights), k, echo)
     echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
     return summary
+
+
+def _evaluate(
+    blend: Blend, split: Split, config: RunConfig, k: int
+) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
+    """The blend's full-ranking figures, per-user table and each holdout's selected metrics."""
+    if split.ranking == "sampled":
+        full, users = evaluate_selected(blend, split, k)
+        return full, users, sampled_metrics(users, k)
+    full, users = evaluate_sets(blend, split, tuple(sorted({*config.split.ks, k})))
+    return full, users, _set_figures(full, users, k)
 
 
 def _set_figures(full: dict[str, Any], users: pd.DataFrame, k: int) -> dict[str, Any]:

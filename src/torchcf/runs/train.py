@@ -410,6 +410,9 @@ def run_training(
     model.load_state_dict(fit.state)  # the selected epoch's weights: evaluated and saved
     if split.ranking == "sampled":
         evaluated = evaluate_selected(model, split, config.split.k, trainer.device, world)
+        if str(split.protocol.get("split", "")).startswith("temporal"):  # the set metrics too
+            sets = evaluate_sets(model, split, config.split.ks, trainer.device, world)[0]
+            evaluated[0]["sets"] = sets
     else:
         evaluated = evaluate_sets(model, split, config.split.ks, trainer.device, world)
     if not world.main:
@@ -472,6 +475,8 @@ def _finish(
     run.checkpoint.unlink(missing_ok=True)
     if split.ranking == "sampled":
         _report(summary, k, echo)
+        if "sets" in full:
+            echo(format_sets(full["sets"]))
     else:
         _report_sets(summary, k, echo)
     echo(f"wrote {out}  ({summary['wall_seconds']:.1f}s)")
