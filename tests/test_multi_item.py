@@ -496,3 +496,36 @@ def test_two_processes_evaluate_held_out_sets_as_one(tmp_path):
         assert figures[0]["full_ranking"][key] == pytest.approx(figures[1]["full_ranking"][key])
     tables = [pd.read_parquet(tmp_path / r / "per_user.parquet") for r in ("one", "two")]
     pd.testing.assert_frame_equal(tables[0], tables[1], rtol=1e-6)
+
+
+def test_leave_one_out_full_ranking_follows_the_mask(tmp_path):
+    """On the NCF-style protocol `--mask train` lets the validation item compete in the test
+    item's full ranking: a rank can only grow, and the rule is written down."""
+    rng = np.random.default_rng(0)
+    rows = [(u, i) for u in range(30) for i in rng.choice(40, 8, replace=False)]
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(tmp_path / "e.csv", index=False)
+    ranks = {}
+    for mask in ("known", "train"):
+        out = tmp_path / mask
+        done = run_cli(
+            "train",
+            "--data",
+            str(tmp_path / "e.csv"),
+            "--model",
+            "pop",
+            "--mask",
+            mask,
+            "--eval-negatives",
+            "5",
+            "--no-progress",
+            "--out",
+            str(out),
+        )
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((out / "metrics.json").read_text())
+        assert summary["full_ranking"]["protocol"]["mask"] == mask
+        assert summary["protocol"]["mask"] == mask
+        table = pd.read_parquet(out / "per_user.parquet")
+        full = table[(table["protocol"] == "full") & (table["holdout"] == "test")]
+        ranks[mask] = full.set_index("user")["rank"]
+    assert (ranks["train"] >= ranks["known"]).all() and (ranks["train"] > ranks["known"]).any()

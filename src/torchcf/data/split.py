@@ -11,6 +11,7 @@ how the holdouts are evaluated: ``sampled`` (each held-out item among its candid
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -220,9 +221,10 @@ class Split:
     def known_items(self) -> sp.csr_matrix:
         """Users × items: every interaction the split holds (training, validation, test), what
         full ranking must not rank a held-out item against (it un-masks each row's own item, so
-        a user's other held-out items of a temporal split are not counted as misses)."""
+        a user's other held-out items of a temporal split are not counted as misses); with
+        ``mask="train"``, training interactions only (as the LightGCN code masks)."""
         users, items = [self.train.users], [self.train.items]
-        for holdout in (self.validation, self.test):
+        for holdout in (self.validation, self.test) if self.mask == "known" else ():
             if holdout is not None:
                 users.append(holdout.users)
                 items.append(holdout.items)
@@ -386,6 +388,10 @@ def make_split(data: Interactions | NcfData | PublishedData, config: SplitConfig
     """The split of ``data`` that ``config`` defines: leave-one-out of raw interactions, the
     given test items and candidates of an NCF split, a published split's sets as given, a
     temporal cut or a per-user ratio."""
+    return dataclasses.replace(_make_split(data, config), mask=config.mask)
+
+
+def _make_split(data: Interactions | NcfData | PublishedData, config: SplitConfig) -> Split:
     seed = config.random_seed
     if isinstance(data, PublishedData):
         if config.split != "leave-one-out":

@@ -220,7 +220,8 @@ def full_metrics(
         "protocol": {
             "kind": "full ranking",
             "candidates": "every item the user has not interacted with in training "
-            "(or validation); ties count against the held-out item",
+            "(or validation; with mask train, training only); ties count against the held-out "
+            "item",
             "ks": list(ks),
         },
     }

@@ -114,13 +114,17 @@ def _same_split(runs: Sequence[str | Path]) -> RunConfig:
     first = configs[0]
     for run, config in zip(runs[1:], configs[1:], strict=True):
         if config.fingerprint is not None and first.fingerprint is not None:
-            same = config.fingerprint == first.fingerprint and config.split.k == first.split.k
+            same = (config.fingerprint, config.split.k, config.split.mask) == (
+                first.fingerprint,
+                first.split.k,
+                first.split.mask,
+            )
         else:  # runs recorded before fingerprints: by their data and split settings
             same = config.data.to_dict() == first.data.to_dict() and config.split == first.split
         if not same:
             raise ConfigError(
                 f"{run} was trained on another split than {runs[0]} (its data, seed, "
-                "validation holdout or candidates differ)"
+                "validation holdout, candidates, k or mask differ)"
             )
     return first
 

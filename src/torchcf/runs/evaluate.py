@@ -78,6 +78,7 @@ def evaluate_run(run: str | Path, protocol: str = "both", progress: bool = False
         }
     if protocol in ("full", "both"):
         out["full"] = evaluate_full(loaded.model, split.test, split.known_items(), ks=full_ks(k))
+        out["full"]["protocol"]["mask"] = split.mask
     return out
 
 
@@ -102,8 +103,9 @@ def compare_runs(
     """``run`` − ``other`` on the same users: per holdout and protocol, HR@k and NDCG@k with
     paired bootstrap CIs and paired tests (``evaluation.significance``)."""
     configs = [RunDir(r).read_config() for r in (run, other)]
-    if configs[0].fingerprint != configs[1].fingerprint or configs[0].split.k != configs[1].split.k:
-        raise ConfigError(f"{other} was trained on another split than {run} (or another k)")
+    a, b = ((c.fingerprint, c.split.k, c.split.mask) for c in configs)
+    if a != b:
+        raise ConfigError(f"{other} was trained on another split than {run} (or another k or mask)")
     k = configs[0].split.k
     tables = [per_user_results(r) for r in (run, other)]
     differences = paired_metrics(tables[0], tables[1], k, seed=seed, resamples=resamples)

@@ -238,8 +238,8 @@ def summarise(fit: FitResult, k: int, split: Split) -> dict[str, Any]:
         "best_test": {
             "epoch": best.epoch,
             **metrics_at(best.metrics["test"], k),
-            "note": "the epoch with the best test HR, as the seed write-up reported it "
-            "(optimistic: chosen on the test set)",
+            "note": f"the epoch with the best test {next(iter(best.metrics['test'])).upper()}, "
+            "as the seed write-up reported it (optimistic: chosen on the test set)",
         },
         "epochs_run": len(history),
         "stopped_early": fit.stopped_early,
@@ -249,6 +249,7 @@ def summarise(fit: FitResult, k: int, split: Split) -> dict[str, Any]:
         },
         "protocol": {
             **split.protocol,
+            "mask": split.mask,
             "k": k,
             "metrics": f"HR@{k} and NDCG@{k} from the rank of the held-out item among its "
             "candidates; ties count against it"
@@ -509,7 +510,9 @@ def evaluate_selected(
             sampled = holdout_ranks(model, holdout, device, share=slice(lo, hi))
             sampled = distributed.gather(sampled, len(holdout), world)
             rows.insert(-1, per_user(holdout, sampled, k, "sampled"))
-    return full_metrics(ranks, lists, test, model.num_items, ks), pd.concat(rows)
+    full = full_metrics(ranks, lists, test, model.num_items, ks)
+    full["protocol"]["mask"] = split.mask
+    return full, pd.concat(rows)
 
 
 def evaluate_sets(
