@@ -41,12 +41,12 @@ DOT = ["--factors", "64", "--batch-size", "2048", "--negatives", "1"]
 GRIDS: dict[str, dict[str, list[list[str]]]] = {
     "lastfm": {
         "pop": [[]],
-        "itemknn": [["--neighbours", str(n)] for n in (50, 200, 1000)],
-        "ease": [["--l2", str(v)] for v in (200, 1000, 5000)],
+        "itemknn": [["--neighbours", str(n)] for n in (50, 200, 1000, 3000)],
+        "ease": [["--l2", str(v)] for v in (50, 100, 200, 1000, 5000)],
         "ials": [
             ["--factors", "128", "--l2", str(l2), "--unobserved-weight", str(a)]
-            for l2 in (0.003, 0.01)
-            for a in (0.1, 0.3)
+            for l2 in (0.003, 0.01, 0.03)
+            for a in (0.05, 0.1, 0.3)
         ],
         "bpr": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
         "mf": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
@@ -55,7 +55,7 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         "pop": [[]],
         "ials": [
             ["--factors", "128", "--l2", str(l2), "--unobserved-weight", "0.1"]
-            for l2 in (0.003, 0.01)
+            for l2 in (0.003, 0.01, 0.03)
         ],
         "bpr": [[*DOT, "--batch-size", "8192", "--lr", "0.003", "--epochs", "40"]],
         "mf": [[*DOT, "--batch-size", "8192", "--lr", "0.003", "--epochs", "40"]],
@@ -66,7 +66,11 @@ KEYS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@40", "ndcg@40")
 
 
 def run(torchcf: str, data: str, model: str, flags: list[str], out: Path) -> dict:
-    """One ``torchcf train`` under ``/usr/bin/time``: its summary, wall seconds, peak KB."""
+    """One ``torchcf train`` under ``/usr/bin/time``: its summary, wall seconds, peak KB (a
+    finished run of the same command in ``out`` is read, not trained again)."""
+    record = out.with_suffix(".json")
+    if record.exists() and json.loads(record.read_text())["flags"] == flags:
+        return json.loads(record.read_text())
     timing = out.with_suffix(".time")
     command = [
         "/usr/bin/time", "-f", "%e %M", "-o", str(timing), torchcf, "train", "--data", data,
@@ -78,7 +82,7 @@ def run(torchcf: str, data: str, model: str, flags: list[str], out: Path) -> dic
         raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()[-400:]}")
     wall, peak = timing.read_text().split()[-2:]
     summary = json.loads((out / "metrics.json").read_text())
-    return {
+    result = {
         "model": model,
         "flags": flags,
         "epoch": summary["selected"]["epoch"],
@@ -88,6 +92,8 @@ def run(torchcf: str, data: str, model: str, flags: list[str], out: Path) -> dic
         "peak_mb": int(peak) / 1024,
         "command": " ".join(command[5:]),
     }
+    record.write_text(json.dumps(result))
+    return result
 
 
 def main() -> None:
@@ -104,8 +110,8 @@ def main() -> None:
     wanted = args.models.split(",") if args.models else list(GRIDS[name])
     for model in wanted:
         runs = [
-            run(args.torchcf, args.data, model, flags, out / f"{model}-{i}")
-            for i, flags in enumerate(GRIDS[name][model])
+            run(args.torchcf, args.data, model, flags, out / f"{model}-{'_'.join(flags) or 0}")
+            for flags in GRIDS[name][model]
         ]
         for r in runs:
             print(

@@ -263,3 +263,17 @@ def test_large_catalogues_score_through_sparse_histories(name, monkeypatch):
     monkeypatch.setattr(history, "SPARSE_FROM", 10)
     sparse = model.score_all(users)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_ease_on_a_large_catalogue_solves_by_cholesky_to_the_same_weights(monkeypatch):
+    from torchcf.models.baselines import history
+
+    rng = np.random.default_rng(1)
+    data = Interactions(rng.integers(0, 40, 600), rng.integers(0, 50, 600), 40, 50)
+    small = build_model("ease", 40, 50, seed=0, l2=5.0)
+    small.fit_epoch(data, 1)
+    monkeypatch.setattr(history, "SPARSE_FROM", 10)
+    large = build_model("ease", 40, 50, seed=0, l2=5.0)
+    large.fit_epoch(data, 1)
+    torch.testing.assert_close(large.weights, small.weights, rtol=1e-5, atol=1e-6)
+    assert float(large.weights.diagonal().abs().max()) == 0.0

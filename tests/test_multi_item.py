@@ -529,3 +529,28 @@ def test_leave_one_out_full_ranking_follows_the_mask(tmp_path):
         full = table[(table["protocol"] == "full") & (table["holdout"] == "test")]
         ranks[mask] = full.set_index("user")["rank"]
     assert (ranks["train"] >= ranks["known"]).all() and (ranks["train"] > ranks["known"]).any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet="0123456789 \t-+.xé\x00", max_size=30),
+            st.lists(st.integers(-5, 2**70), min_size=1, max_size=6).map(
+                lambda ids: " ".join(map(str, ids))
+            ),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(["train", "valid", "test"]),
+)
+def test_any_file_content_is_read_or_refused_in_words(tmp_path_factory, lines, part):
+    """Generated lines (junk, signs, huge ids, NUL, blank) in any file: the split is read, or a
+    DataError says why; never another exception."""
+    directory = write_split(tmp_path_factory.mktemp("h"), **{part: "\n".join(lines) + "\n"})
+    try:
+        data = load_published(find_published_files(directory))
+    except DataError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert data.train.num_items >= 1
