@@ -277,3 +277,32 @@ def test_ease_on_a_large_catalogue_solves_by_cholesky_to_the_same_weights(monkey
     large.fit_epoch(data, 1)
     torch.testing.assert_close(large.weights, small.weights, rtol=1e-5, atol=1e-6)
     assert float(large.weights.diagonal().abs().max()) == 0.0
+
+
+def test_ease_beyond_float64_memory_solves_in_float32(monkeypatch):
+    from torchcf.models.baselines import history
+
+    rng = np.random.default_rng(2)
+    data = Interactions(rng.integers(0, 40, 600), rng.integers(0, 50, 600), 40, 50)
+    exact = build_model("ease", 40, 50, seed=0, l2=20.0)
+    exact.fit_epoch(data, 1)
+    monkeypatch.setattr(history, "SPARSE_FROM", 10)
+    monkeypatch.setattr(history, "FLOAT64_UP_TO", 10)
+    single = build_model("ease", 40, 50, seed=0, l2=20.0)
+    single.fit_epoch(data, 1)
+    torch.testing.assert_close(single.weights, exact.weights, rtol=1e-4, atol=1e-5)
+
+
+def test_itemknn_beyond_float64_memory_fits_in_blocks_to_the_same_weights(monkeypatch):
+    from torchcf.models.baselines import history
+
+    rng = np.random.default_rng(3)
+    data = Interactions(rng.integers(0, 40, 700), rng.integers(0, 60, 700), 40, 60)
+    for shrink in (0.0, 5.0):
+        dense = build_model("itemknn", 40, 60, seed=0, neighbours=7, shrink=shrink)
+        dense.fit_epoch(data, 1)
+        with monkeypatch.context() as patch:
+            patch.setattr(history, "FLOAT64_UP_TO", 10)
+            blocked = build_model("itemknn", 40, 60, seed=0, neighbours=7, shrink=shrink)
+            blocked.fit_epoch(data, 1)
+        torch.testing.assert_close(blocked.weights, dense.weights, rtol=1e-5, atol=1e-6)

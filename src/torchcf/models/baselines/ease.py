@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from torchcf.data.interactions import Interactions
@@ -31,7 +32,8 @@ class EASE(HistoryModel):
     Config = EASEConfig
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
-        gram = self._fit_history(train)
+        precise = self.num_items <= history.FLOAT64_UP_TO  # beyond: XᵀX + λI, λ ≫ 1, in float32
+        gram = self._fit_history(train, np.float64 if precise else np.float32)
         gram.diagonal().add_(self.config.l2)
         if self.num_items <= history.SPARSE_FROM:  # the figures recorded so far, bit for bit
             weights = -torch.linalg.inv(gram)

@@ -6,10 +6,12 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from torchcf.data.interactions import Interactions
 from torchcf.models.base import FITTED_TRAINING, FloatRange, IntRange, ModelConfig, ModelSpec
+from torchcf.models.baselines import history
 from torchcf.models.baselines.history import HistoryModel
 from torchcf.settings import between, setting
 
@@ -34,16 +36,36 @@ class ItemKNN(HistoryModel):
     Config = ItemKNNConfig
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
+        keep = min(self.config.neighbours, self.num_items - 1)
+        if self.num_items > history.FLOAT64_UP_TO:
+            self.weights = self._blocked(train, keep)
+            return math.nan
         co = self._fit_history(train).float()
         norms = co.diagonal().sqrt()
         sim = co / (norms[:, None] * norms[None, :] + self.config.shrink + 1e-12)
         sim.diagonal().zero_()
-        keep = min(self.config.neighbours, self.num_items - 1)
         top = torch.topk(sim, keep, dim=0)  # each target item j keeps its top source items i
         pruned = torch.zeros_like(sim)
         pruned.scatter_(0, top.indices, top.values)
         self.weights = pruned
         return math.nan
+
+    def _blocked(self, train: Interactions, keep: int) -> torch.Tensor:
+        """The same weights for a large catalogue: co-occurrences in float32, similarities
+        and their top ``keep`` per target item a block of columns at a time (two items × items
+        matrices alive instead of five)."""
+        co = self._fit_history(train, np.float32)
+        norms = co.diagonal().clone().sqrt_()
+        pruned = torch.zeros_like(co)
+        width = max(1, 2**26 // self.num_items)
+        for lo in range(0, self.num_items, width):
+            hi = min(lo + width, self.num_items)
+            scale = norms[:, None] * norms[None, lo:hi] + self.config.shrink + 1e-12
+            sim = co[:, lo:hi] / scale
+            sim[torch.arange(lo, hi), torch.arange(hi - lo)] = 0.0
+            top = torch.topk(sim, keep, dim=0)
+            pruned[:, lo:hi].scatter_(0, top.indices, top.values)
+        return pruned
 
 
 SPEC = ModelSpec(
