@@ -265,32 +265,26 @@ def test_large_catalogues_score_through_sparse_histories(name, monkeypatch):
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
 
 
-def test_ease_on_a_large_catalogue_solves_by_cholesky_to_the_same_weights(monkeypatch):
+@pytest.mark.parametrize(
+    "patched, tolerance",
+    [(("SPARSE_FROM",), 1e-5), (("SPARSE_FROM", "FLOAT64_UP_TO"), 1e-4)],
+    ids=["cholesky", "cholesky-float32"],
+)
+def test_ease_on_large_catalogues_solves_to_the_same_weights(patched, tolerance, monkeypatch):
+    """Beyond ``SPARSE_FROM`` items EASE solves by Cholesky in place, beyond ``FLOAT64_UP_TO``
+    in float32: the weights of the exact LU solve, to float tolerance."""
     from torchcf.models.baselines import history
 
     rng = np.random.default_rng(1)
     data = Interactions(rng.integers(0, 40, 600), rng.integers(0, 50, 600), 40, 50)
-    small = build_model("ease", 40, 50, seed=0, l2=5.0)
-    small.fit_epoch(data, 1)
-    monkeypatch.setattr(history, "SPARSE_FROM", 10)
-    large = build_model("ease", 40, 50, seed=0, l2=5.0)
-    large.fit_epoch(data, 1)
-    torch.testing.assert_close(large.weights, small.weights, rtol=1e-5, atol=1e-6)
-    assert float(large.weights.diagonal().abs().max()) == 0.0
-
-
-def test_ease_beyond_float64_memory_solves_in_float32(monkeypatch):
-    from torchcf.models.baselines import history
-
-    rng = np.random.default_rng(2)
-    data = Interactions(rng.integers(0, 40, 600), rng.integers(0, 50, 600), 40, 50)
     exact = build_model("ease", 40, 50, seed=0, l2=20.0)
     exact.fit_epoch(data, 1)
-    monkeypatch.setattr(history, "SPARSE_FROM", 10)
-    monkeypatch.setattr(history, "FLOAT64_UP_TO", 10)
-    single = build_model("ease", 40, 50, seed=0, l2=20.0)
-    single.fit_epoch(data, 1)
-    torch.testing.assert_close(single.weights, exact.weights, rtol=1e-4, atol=1e-5)
+    for name in patched:
+        monkeypatch.setattr(history, name, 10)
+    large = build_model("ease", 40, 50, seed=0, l2=20.0)
+    large.fit_epoch(data, 1)
+    torch.testing.assert_close(large.weights, exact.weights, rtol=tolerance, atol=tolerance / 10)
+    assert float(large.weights.diagonal().abs().max()) == 0.0
 
 
 def test_itemknn_beyond_float64_memory_fits_in_blocks_to_the_same_weights(monkeypatch):

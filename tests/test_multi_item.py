@@ -98,17 +98,8 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path, case):
 
 def test_a_published_split_takes_no_other_split(tmp_path):
     directory = write_split(tmp_path / "s")
-    result = run_cli(
-        "train",
-        "--data",
-        str(directory),
-        "--model",
-        "pop",
-        "--split",
-        "ratio",
-        "--out",
-        str(tmp_path / "r"),
-    )
+    result = run_cli("train", "--data", str(directory), "--model", "pop", "--split",
+                     "ratio", "--out", str(tmp_path / "r"))  # fmt: skip
     assert result.returncode == 2 and "used as given" in result.stderr
 
 
@@ -209,26 +200,9 @@ def test_both_masking_rules(tmp_path):
 def test_train_on_a_published_split_end_to_end(tmp_path):
     directory = write_split(tmp_path / "s")
     out = tmp_path / "run"
-    result = run_cli(
-        "train",
-        "--data",
-        str(directory),
-        "--model",
-        "bpr",
-        "--epochs",
-        "3",
-        "--factors",
-        "4",
-        "--mask",
-        "train",
-        "-k",
-        "1,2,3",
-        "--select-metric",
-        "recall@2",
-        "--no-progress",
-        "--out",
-        str(out),
-    )
+    result = run_cli("train", "--data", str(directory), "--model", "bpr", "--epochs",
+                     "3", "--factors", "4", "--mask", "train", "-k", "1,2,3",
+                     "--select-metric", "recall@2", "--no-progress", "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "RECALL@2" in result.stdout and "full ranking (test sets" in result.stdout
     summary = json.loads((out / "metrics.json").read_text())
@@ -251,20 +225,9 @@ def test_ratio_split_trains_end_to_end(tmp_path):
     frame = pd.DataFrame({"user": rng.integers(0, 30, 600), "item": rng.integers(0, 50, 600)})
     frame.to_csv(tmp_path / "events.csv", index=False)
     out = tmp_path / "run"
-    result = run_cli(
-        "train",
-        "--data",
-        str(tmp_path / "events.csv"),
-        "--model",
-        "itemknn",
-        "--split",
-        "ratio",
-        "--test-fraction",
-        "0.2",
-        "--no-progress",
-        "--out",
-        str(out),
-    )
+    result = run_cli("train", "--data", str(tmp_path / "events.csv"), "--model",
+                     "itemknn", "--split", "ratio", "--test-fraction", "0.2",
+                     "--no-progress", "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["protocol"]["split"].startswith("ratio")
@@ -305,18 +268,8 @@ def test_lastfm_popularity_band(tmp_path):
     """Most-popular on LastFM under the LightGCN code's masking: a band whose top would mean
     leakage (BPR-MF, the paper's weakest row, has Recall@10 0.136)."""
     out = tmp_path / "pop"
-    result = run_cli(
-        "train",
-        "--data",
-        str(_lightgcn("lastfm")),
-        "--model",
-        "pop",
-        "--mask",
-        "train",
-        "--no-progress",
-        "--out",
-        str(out),
-    )
+    result = run_cli("train", "--data", str(_lightgcn("lastfm")), "--model", "pop",
+                     "--mask", "train", "--no-progress", "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr
     full = json.loads((out / "metrics.json").read_text())["full_ranking"]
     assert 0.06 <= full["recall@10"] <= 0.09
@@ -328,18 +281,8 @@ def test_evaluate_tune_and_recommend_on_held_out_sets(tmp_path):
     runs = {}
     for model in ("pop", "itemknn"):
         runs[model] = tmp_path / model
-        done = run_cli(
-            "train",
-            "--data",
-            str(directory),
-            "--model",
-            model,
-            "--mask",
-            "train",
-            "--no-progress",
-            "--out",
-            str(runs[model]),
-        )
+        done = run_cli("train", "--data", str(directory), "--model", model, "--mask",
+                       "train", "--no-progress", "--out", str(runs[model]))  # fmt: skip
         assert done.returncode == 0, done.stderr
     again = run_cli("evaluate", str(runs["pop"]), "--json")
     assert again.returncode == 0, again.stderr
@@ -352,19 +295,8 @@ def test_evaluate_tune_and_recommend_on_held_out_sets(tmp_path):
     assert "test, full" in against.stdout and "ΔRecall@10" in against.stdout
     sampled = run_cli("evaluate", str(runs["pop"]), "--protocol", "sampled")
     assert sampled.returncode == 2 and "no sampled protocol" in sampled.stderr
-    tuned = run_cli(
-        "tune",
-        "--data",
-        str(directory),
-        "--model",
-        "itemknn",
-        "--trials",
-        "2",
-        "--metric",
-        "recall",
-        "--out",
-        str(tmp_path / "tune"),
-    )
+    tuned = run_cli("tune", "--data", str(directory), "--model", "itemknn", "--trials",
+                    "2", "--metric", "recall", "--out", str(tmp_path / "tune"))  # fmt: skip
     assert tuned.returncode == 0, tuned.stderr
     best = json.loads((tmp_path / "tune" / "best_config.json").read_text())
     assert best["metric"].startswith("validation recall@20")
@@ -403,18 +335,8 @@ def test_the_page_lists_a_users_held_out_set_with_hits_marked(tmp_path):
 
     directory = write_split(tmp_path / "s")
     out = tmp_path / "pop"
-    done = run_cli(
-        "train",
-        "--data",
-        str(directory),
-        "--model",
-        "pop",
-        "--mask",
-        "train",
-        "--no-progress",
-        "--out",
-        str(out),
-    )
+    done = run_cli("train", "--data", str(directory), "--model", "pop", "--mask",
+                   "train", "--no-progress", "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr
     config = RunDir(out).read_config()
     history = History.from_split(load_split(config.data, config.split)[0])
@@ -433,22 +355,9 @@ def test_the_page_lists_a_users_held_out_set_with_hits_marked(tmp_path):
 def test_compare_and_blend_on_held_out_sets(tmp_path):
     directory = write_split(tmp_path / "s")
     out = tmp_path / "cmp"
-    done = run_cli(
-        "compare",
-        "--data",
-        str(directory),
-        "--models",
-        "pop,itemknn,bpr",
-        "--epochs",
-        "2",
-        "--mask",
-        "train",
-        "--seeds",
-        "2",
-        "--no-progress",
-        "--out",
-        str(out),
-    )
+    done = run_cli("compare", "--data", str(directory), "--models", "pop,itemknn,bpr",
+                   "--epochs", "2", "--mask", "train", "--seeds", "2", "--no-progress",
+                   "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "results.json").read_text())
     pop = report["models"]["pop"]
@@ -507,20 +416,9 @@ def test_leave_one_out_full_ranking_follows_the_mask(tmp_path):
     ranks = {}
     for mask in ("known", "train"):
         out = tmp_path / mask
-        done = run_cli(
-            "train",
-            "--data",
-            str(tmp_path / "e.csv"),
-            "--model",
-            "pop",
-            "--mask",
-            mask,
-            "--eval-negatives",
-            "5",
-            "--no-progress",
-            "--out",
-            str(out),
-        )
+        done = run_cli("train", "--data", str(tmp_path / "e.csv"), "--model", "pop",
+                       "--mask", mask, "--eval-negatives", "5", "--no-progress",
+                       "--out", str(out))  # fmt: skip
         assert done.returncode == 0, done.stderr
         summary = json.loads((out / "metrics.json").read_text())
         assert summary["full_ranking"]["protocol"]["mask"] == mask

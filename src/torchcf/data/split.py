@@ -102,10 +102,17 @@ class SplitConfig(Settings):
         "hold out each user's latest remaining item for validation (--no-validation: the "
         "seed's training set exactly)",
     )
-    k: int = setting(10, "cut-off of HR@k and NDCG@k", flag="-k", check=between(1, 100_000))
+    k: int = setting(
+        10,
+        "cut-off of HR@k and NDCG@k; several (10,20,40) are held-out sets' cut-offs, the first "
+        "one k",
+        flag="-k",
+        check=between(1, 100_000),
+    )
     cold_users: str = setting(
         "keep",
-        "NCF files: test users without training interactions are kept (evaluated with untrained "
+        "NCF files and published splits: held-out users without training interactions are kept "
+        "(evaluated with untrained "
         "vectors) or dropped; counted in the run's notes either way",
         choices=("keep", "drop"),
     )
