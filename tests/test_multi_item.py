@@ -27,6 +27,12 @@ VALID = "0 3\n1 4\n2 5\n3 0\n"
 TEST = "0 4 6\n1 5\n2 1 2\n"  # item 6: only the test file names it
 
 
+def train(directory, out, model, *flags):
+    """``torchcf train`` of ``model`` on ``directory`` into ``out`` (no progress bars)."""
+    return run_cli("train", "--data", str(directory), "--model", model, "--no-progress",
+                   "--out", str(out), *flags)  # fmt: skip
+
+
 def write_split(directory, train=TRAIN, valid=VALID, test=TEST):
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in (("train", train), ("valid", valid), ("test", test)):

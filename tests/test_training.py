@@ -278,6 +278,8 @@ RESUMABLE = {
     "mlp": {"embedding_dim": 4, "layers": 2, "dropout": 0.3, "batch_size": 64},
     "neumf": {"embedding_dim": 4, "layers": 2, "dropout": 0.2, "batch_size": 64},
     "ials": {"embedding_dim": 8},
+    # a graph model: the whole graph propagated every step, the L2 penalty, fused Adam
+    "lightgcn": {"embedding_dim": 8, "layers": 2, "batch_size": 64},
     # the fast recipe: prefetching sampler, cosine schedule, large batches
     "gmf-fast": {"embedding_dim": 8, "batch_size": 512},
 }

@@ -5,6 +5,7 @@ from torchcf.models.base import FittedModel, ModelConfig, ModelSpec, ScoringMode
 from torchcf.models.baselines import EASE, IALS, ItemKNN, Pop
 from torchcf.models.blend import Blend
 from torchcf.models.gmf import GMF
+from torchcf.models.lightgcn import LightGCN
 from torchcf.models.mf import BPRMF, MF
 from torchcf.models.mlp import MLP
 from torchcf.models.neumf import NeuMF
@@ -19,6 +20,7 @@ __all__ = [
     "Blend",
     "FittedModel",
     "ItemKNN",
+    "LightGCN",
     "ModelConfig",
     "ModelSpec",
     "NeuMF",

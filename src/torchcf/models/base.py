@@ -75,6 +75,8 @@ class ScoringModel(nn.Module):
     # score_all bounds its own working memory (blocks of pairs): callers size their batches of
     # users by the (users × items) result alone
     blocked_scoring: bool = False
+    # several processes (torchrun) can train it: its step's work splits by rows of the batch
+    distributed_training: ClassVar[bool] = True
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -141,6 +143,15 @@ class ScoringModel(nn.Module):
     def item_vectors(self) -> torch.Tensor | None:
         """``(num_items, d)`` item representations for item-item similarity, or ``None`` when
         the model has no single item embedding."""
+        return None
+
+    def observe(self, train: Interactions) -> None:
+        """Keep what the scores depend on besides parameters (a graph model's training graph);
+        the trainer calls it once before training. Most models need nothing."""
+
+    def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        """A regularisation term the model's definition adds to a batch's loss (LightGCN's L2
+        on the batch's E⁰ rows), or None."""
         return None
 
 

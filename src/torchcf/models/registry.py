@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from torchcf.errors import ConfigError
-from torchcf.models import blend, gmf, mf, mlp, neumf
+from torchcf.models import blend, gmf, lightgcn, mf, mlp, neumf
 from torchcf.models.base import ModelConfig, ModelSpec, ScoringModel
 from torchcf.models.baselines import ease, ials, itemknn, pop
 
@@ -29,6 +29,7 @@ SPECS: dict[str, ModelSpec] = {
         itemknn.SPEC,
         ease.SPEC,
         ials.SPEC,
+        lightgcn.SPEC,
         blend.SPEC,
     )
 }

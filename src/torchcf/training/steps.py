@@ -111,6 +111,7 @@ class ForwardLoss:
 
     def __init__(self, model: ScoringModel, config: TrainConfig) -> None:
         self.loss = LOSSES[config.loss]
+        self.model = model
         self.forward = _forward(model, config)
         self.keys = DropoutKeys(model, config.seed)
 
@@ -119,7 +120,9 @@ class ForwardLoss:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys.next_step()
         logits = self.forward(users, items)
-        return logits, self.loss(logits, labels)
+        loss = self.loss(logits, labels)
+        extra = self.model.penalty(users, items)
+        return logits, loss if extra is None else loss + extra
 
 
 class AutogradStep:
@@ -351,8 +354,12 @@ class FlatAdamStep(FlatAdam):
         with torch.no_grad():
             for p, grad in self.sparse:
                 rows = p.grad
-                assert rows is not None and rows.is_sparse
-                grad.index_add_(0, rows._indices()[0], rows._values())
+                if rows is None:
+                    continue
+                if rows.is_sparse:
+                    grad.index_add_(0, rows._indices()[0], rows._values())
+                else:  # the whole table took part (a graph model propagates every row)
+                    grad.add_(rows)
                 p.grad = None
             self._adam_update()
         return logits.detach()

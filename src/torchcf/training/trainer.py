@@ -148,6 +148,12 @@ class Trainer:
         self.world = world or distributed.current()
         if self.world.size > 1 and isinstance(model, FittedModel) and not model.distributed:
             raise ConfigError(f"{model.name} fits in one process: run it without torchrun/--nproc")
+        if self.world.size > 1 and not model.distributed_training:
+            raise ConfigError(
+                f"{model.name} propagates its whole graph every step: it trains in one process "
+                "(run it without torchrun/--nproc)"
+            )
+        model.observe(split.train)
         self.step: TrainStep | None = None if self.fitted else make_step(model, config, self.world)
         self.sampler = EpochSampler(
             split.train,

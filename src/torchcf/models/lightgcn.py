@@ -1,0 +1,273 @@
+"""LightGCN (He et al., SIGIR 2020) and LightGCN++ (Lee et al., RecSys 2024) as one model.
+
+Embeddings ``E⁰`` of users and items (one table of ``U + I`` rows) are propagated over the
+training graph ``A = [[0, R], [Rᵀ, 0]]`` normalised as ``Â = D^-α A D^-β``:
+``Eᵏ⁺¹ = Â f(Eᵏ)``, with ``f`` the identity (LightGCN) or each row scaled to unit norm
+(LightGCN++). The final embedding pools the layers:
+``E = γ E⁰ + (1 − γ) mean(E¹ … E^K)``; LightGCN's mean of all ``K + 1`` layers is ``γ = 1/(K + 1)``
+(the default), and ``K = 0`` is BPR-MF. A score is the dot product of the final user and item
+embeddings. Training (BPR with one negative per positive, the reference's L2 on the batch's
+``E⁰`` rows: ``penalty``) propagates the whole graph every step, as the mathematics requires;
+scoring propagates once per set of weights and keeps the result.
+
+The graph products run through a compiled CSR kernel (``native``) with both cores where it
+builds, ``torch.sparse`` otherwise; their gradient is the product with ``Âᵀ`` (``Â`` itself
+when ``α = β``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from torchcf import native
+from torchcf.data.interactions import Interactions
+from torchcf.models.base import (
+    Choice,
+    FloatRange,
+    ModelConfig,
+    ModelSpec,
+    ScoringModel,
+    factors_setting,
+    init_std_setting,
+)
+from torchcf.settings import between, setting, unit_interval
+
+__all__ = ["SPEC", "Graph", "LightGCN", "LightGCNConfig", "normalised_graph", "propagate"]
+
+
+@dataclass(frozen=True)
+class LightGCNConfig(ModelConfig):
+    owner: ClassVar[str] = "lightgcn"
+    embedding_dim: int = factors_setting(64)
+    layers: int = setting(3, "lightgcn: propagation layers K (0: BPR-MF)", check=between(0, 16))
+    init_std: float = init_std_setting(0.1)
+    norm_alpha: float = setting(
+        0.5, "lightgcn: α of the normalisation D^-α A D^-β (LightGCN: 0.5)", check=between(-4, 4)
+    )
+    norm_beta: float = setting(
+        0.5, "lightgcn: β of the normalisation D^-α A D^-β (LightGCN: 0.5)", check=between(-4, 4)
+    )
+    gamma: float | None = setting(
+        None,
+        "lightgcn: the weight γ of E⁰ in γE⁰ + (1 − γ)·mean(E¹…E^K) (default 1/(K + 1): "
+        "LightGCN's mean of all layers; LightGCN++: 0.2)",
+        check=unit_interval,
+    )
+    unit_norm: bool = setting(
+        False, "lightgcn: scale each layer's input embeddings to unit norm (LightGCN++)"
+    )
+    decay: float = setting(
+        1e-4,
+        "lightgcn: L2 weight on the batch's E⁰ rows, ½·decay·Σ‖e⁰‖²/B (the reference's decay)",
+        check=between(0, 1e3),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """``Â`` and ``Âᵀ`` in CSR form (int64 ``indptr``/``indices``, float32 ``values``)."""
+
+    forward: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    backward: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    nodes: int
+
+
+def _csr(matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    return (
+        torch.from_numpy(matrix.indptr.astype(np.int64)),
+        torch.from_numpy(matrix.indices.astype(np.int64)),
+        torch.from_numpy(matrix.data.astype(np.float32)),
+    )
+
+
+def normalised_graph(train: sp.csr_matrix, alpha: float = 0.5, beta: float = 0.5) -> Graph:
+    """``Â = D^-α A D^-β`` of the bipartite graph of ``train`` (users × items, binary), users
+    first; a node without edges has no row (its ``D^-x`` is taken as 0)."""
+    users, items = train.shape
+    binary = train.astype(np.float64)
+    binary.data[:] = 1.0
+    adjacency = sp.bmat([[None, binary], [binary.T, None]], format="csr")
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    with np.errstate(divide="ignore"):
+        left = np.where(degree > 0, degree**-alpha, 0.0)
+        right = np.where(degree > 0, degree**-beta, 0.0)
+    forward = sp.diags(left) @ adjacency @ sp.diags(right)
+    backward = forward if alpha == beta else forward.T
+    return Graph(_csr(forward), _csr(backward), users + items)
+
+
+def _spmm(csr: tuple[torch.Tensor, torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``A x`` for a CSR ``A``: the compiled kernel where it builds, else ``torch.sparse``."""
+    kernel = native.load()
+    x = x.contiguous()
+    if kernel is not None and x.device.type == "cpu" and hasattr(kernel, "csr_spmm"):
+        return kernel.csr_spmm(*csr, x)
+    indptr, indices, values = (t.to(x.device) for t in csr)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", "invariant checks off"
+        warnings.simplefilter("ignore", UserWarning)
+        shape = (len(indptr) - 1, x.shape[0])
+        matrix = torch.sparse_csr_tensor(indptr, indices, values, shape)
+        return torch.sparse.mm(matrix, x)
+
+
+class _GraphProduct(torch.autograd.Function):
+    """``Â x`` with its gradient ``Âᵀ g``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, graph: Graph) -> torch.Tensor:
+        ctx.graph = graph
+        return _spmm(graph.forward, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _spmm(ctx.graph.backward, grad), None
+
+
+def propagate(
+    graph: Graph, e0: torch.Tensor, layers: int, gamma: float | None, unit_norm: bool
+) -> torch.Tensor:
+    """The final embeddings ``γ E⁰ + (1 − γ) mean(E¹ … E^K)``, ``Eᵏ⁺¹ = Â f(Eᵏ)`` (``f``: the
+    identity, or rows scaled to unit norm with ``unit_norm``); ``(U + I, d)``."""
+    if layers == 0:
+        return e0
+    weight = 1.0 / (layers + 1) if gamma is None else gamma
+    layer, total = e0, torch.zeros_like(e0)
+    for _ in range(layers):
+        if unit_norm:
+            layer = layer / (layer.norm(dim=1, keepdim=True) + 1e-12)
+        layer = _GraphProduct.apply(layer, graph)
+        total = total + layer
+    return weight * e0 + (1.0 - weight) * (total / layers)
+
+
+class LightGCN(ScoringModel):
+    """LightGCN / LightGCN++: ``score(u, i) = e_u · e_i`` of the propagated embeddings."""
+
+    name = "lightgcn"
+    Config = LightGCNConfig
+    matrix_scoring = True
+    user_tables = ()  # a new user has no edges to propagate: no fold-in
+    # every step propagates the whole graph: several processes would repeat it, not share it
+    distributed_training = False
+    graph_indptr: torch.Tensor
+    graph_indices: torch.Tensor
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        config: ModelConfig | None = None,
+        *,
+        nnz: int = 0,
+        generator: torch.Generator | None = None,
+        **settings: Any,
+    ) -> None:
+        super().__init__(num_users, num_items)
+        self.config = self.make_config(config, settings)
+        dim = self.config.embedding_dim
+        self.pair_width = 3 * dim
+        self.user_embedding = nn.Embedding(num_users, dim)
+        self.item_embedding = nn.Embedding(num_items, dim)
+        with torch.no_grad():
+            for table in (self.user_embedding, self.item_embedding):
+                table.weight.normal_(0.0, self.config.init_std, generator=generator)
+        # the training graph (users' items, CSR), saved with the weights: Â is rebuilt from it
+        self.register_buffer("graph_indptr", torch.zeros(num_users + 1, dtype=torch.long))
+        self.register_buffer("graph_indices", torch.zeros(nnz, dtype=torch.long))
+        self._graph: tuple[tuple[int, ...], Graph] | None = None
+        self._scores: tuple[tuple[int, ...], torch.Tensor] | None = None
+
+    def hparams(self) -> dict[str, Any]:
+        return {"nnz": int(self.graph_indices.numel()), **super().hparams()}
+
+    def observe(self, train: Interactions) -> None:
+        """Keep the training graph (deduplicated user → item edges)."""
+        csr = train.deduplicate().csr
+        csr.sort_indices()
+        self.graph_indptr = torch.as_tensor(csr.indptr, dtype=torch.long).to(self.graph_indptr)
+        self.graph_indices = torch.as_tensor(csr.indices, dtype=torch.long).to(
+            self.graph_indptr.device
+        )
+
+    def graph(self) -> Graph:
+        """``Â`` of the kept training graph: built once, again only when the graph changes."""
+        key = (self.graph_indices.data_ptr(), int(self.graph_indices.numel()))
+        if self._graph is None or self._graph[0] != key:
+            indptr = self.graph_indptr.cpu().numpy()
+            indices = self.graph_indices.cpu().numpy()
+            train = sp.csr_matrix(
+                (np.ones(len(indices)), indices, indptr), shape=(self.num_users, self.num_items)
+            )
+            built = normalised_graph(train, self.config.norm_alpha, self.config.norm_beta)
+            self._graph = (key, built)
+        return self._graph[1]
+
+    def final(self) -> torch.Tensor:
+        """The propagated embeddings ``(U + I, d)`` (with gradients when training)."""
+        e0 = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        c = self.config
+        return propagate(self.graph(), e0, c.layers, c.gamma, c.unit_norm)
+
+    def train(self, mode: bool = True) -> LightGCN:
+        """Also forgets the propagation kept for scoring: training moves the weights (an
+        optimizer writing through ``.data`` leaves their version counters as they were)."""
+        self._scores = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._scores = None  # new weights: propagate again
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _scoring(self) -> torch.Tensor:
+        """``final()`` computed once per set of weights for scoring (no gradients)."""
+        weights = (self.user_embedding.weight, self.item_embedding.weight)
+        key = tuple(w._version for w in weights) + tuple(w.data_ptr() for w in weights)
+        key += (self.graph_indices.data_ptr(),)
+        if self._scores is None or self._scores[0] != key:
+            with torch.no_grad():
+                self._scores = (key, self.final())
+        return self._scores[1]
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        table = self.final() if torch.is_grad_enabled() else self._scoring()
+        return (table[users] * table[self.num_users + items]).sum(-1)
+
+    def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        table = self._scoring()
+        return table[users] @ table[self.num_users :].T
+
+    def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``½·decay·(Σ‖e⁰_u‖² + Σ‖e⁰_i‖²) / B`` over the batch's rows (repeats counted)."""
+        rows = max(1, users.shape[0])
+        squares = self.user_embedding(users).pow(2).sum() + self.item_embedding(items).pow(2).sum()
+        return 0.5 * self.config.decay * squares / rows
+
+    def item_vectors(self) -> torch.Tensor:
+        return self._scoring()[self.num_users :]
+
+
+SPEC = ModelSpec(
+    LightGCN,
+    "LightGCN / LightGCN++: embeddings propagated over the normalised user-item graph",
+    defaults={
+        "loss": "bpr",
+        "num_negatives": 1,
+        "batch_size": 2048,
+        "learning_rate": 0.001,
+        "epochs": 100,
+    },
+    search={
+        "learning_rate": FloatRange(3e-4, 1e-2, log=True),
+        "layers": Choice((1, 2, 3, 4)),
+        "decay": FloatRange(1e-6, 1e-2, log=True),
+    },
+)
