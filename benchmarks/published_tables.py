@@ -46,7 +46,7 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         "ials": [
             ["--factors", "128", "--l2", str(l2), "--unobserved-weight", str(a)]
             for l2 in (0.003, 0.01, 0.03)
-            for a in (0.05, 0.1, 0.3)
+            for a in (0.02, 0.05, 0.1, 0.3)
         ],
         "bpr": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
         "mf": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],

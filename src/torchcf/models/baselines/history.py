@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from torchcf.data.interactions import Interactions
@@ -84,7 +85,21 @@ class HistoryModel(FittedModel):
     def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         if self.num_items <= SPARSE_FROM:
             return self.history(users) @ self.weights
+        if users.device.type == "cpu":  # SciPy's CSR × dense: 3-9x torch.sparse's here
+            history = self._scipy_history(users)
+            return torch.from_numpy(np.asarray(history @ self.weights.numpy()))
         return torch.sparse.mm(self._sparse_history(users), self.weights)
+
+    def _scipy_history(self, users: torch.Tensor) -> sp.csr_matrix:
+        """The users' training items as a SciPy ``(B, num_items)`` CSR matrix of ones."""
+        indptr = self.history_indptr.numpy()
+        starts, ends = indptr[users.numpy()], indptr[users.numpy() + 1]
+        counts = ends - starts
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        columns = self.history_indices.numpy()[np.repeat(starts, counts) + offsets]
+        crow = np.concatenate([[0], np.cumsum(counts)])
+        values = np.ones(len(columns), dtype=self.weights.numpy().dtype)
+        return sp.csr_matrix((values, columns, crow), shape=(len(users), self.num_items))
 
     def _sparse_history(self, users: torch.Tensor) -> torch.Tensor:
         """The users' training items as a ``(B, num_items)`` sparse CSR matrix of ones."""
