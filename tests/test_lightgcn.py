@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
+from conftest import needs_kernel
 from test_cli import run_cli
 from test_multi_item import train, write_split
 from torchcf.data.interactions import Interactions
@@ -154,3 +156,31 @@ def test_lightgcn_trains_serves_and_refuses_several_processes(tmp_path):
     assert several.returncode == 2 and "trains in one process" in several.stderr
     with pytest.raises(ConfigError, match="does not take"):
         LightGCN(USERS, ITEMS, dropout=0.1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dim", [64, 32, 5])
+def test_the_compiled_graph_product_equals_scipy(dim):
+    from torchcf import native
+
+    rng = np.random.default_rng(dim)
+    matrix = sp.random(300, 200, density=0.03, format="csr", random_state=rng, dtype=np.float32)
+    matrix.sort_indices()
+    x = torch.randn(200, dim)
+    got = native.load().csr_spmm(
+        torch.from_numpy(matrix.indptr.astype(np.int64)),
+        torch.from_numpy(matrix.indices.astype(np.int64)),
+        torch.from_numpy(matrix.data),
+        x,
+    )
+    torch.testing.assert_close(got, torch.from_numpy(matrix @ x.numpy()), rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_kernel_torch_sparse_gives_the_same_propagation(monkeypatch):
+    from torchcf import native
+
+    data = graph_data()
+    built = model(data, norm_alpha=0.3, norm_beta=0.7)
+    compiled = built.final().detach()
+    monkeypatch.setattr(native, "load", lambda *a, **k: None)
+    torch.testing.assert_close(built.final().detach(), compiled, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,5 @@
 """The compiled kernels (``csrc/``: MF/GMF and MLP/NeuMF training steps, iALS conjugate-gradient
-sweeps), built on first use.
+sweeps, the CSR × dense product of LightGCN's propagation), built on first use.
 
 ``torch.utils.cpp_extension`` compiles it with the machine's C++ compiler (tuned for this CPU)
 into torch's extension cache, so later runs load it in well under a second. Where it cannot be
@@ -29,7 +29,9 @@ _CSRC = Path(__file__).with_name("csrc")
 _SOURCE = _CSRC / "module.cpp"  # includes the kernels: one translation unit
 _PARTS = [
     _CSRC / name
-    for name in ("module.cpp", "adam.h", "dot_adam.cpp", "ials_cg.cpp", "tower_adam.cpp")
+    for name in (
+        "module.cpp", "adam.h", "dot_adam.cpp", "ials_cg.cpp", "spmm.cpp", "tower_adam.cpp"
+    )
 ]
 _module: ModuleType | None = None
 _tried = False

@@ -4,6 +4,7 @@
 // keyword constructors and the optimizer as an enum (torchcf.training.steps builds them).
 #include "dot_adam.cpp"
 #include "ials_cg.cpp"
+#include "spmm.cpp"
 #include "tower_adam.cpp"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -58,4 +59,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("indices"), py::arg("reg"), py::arg("steps"),
         py::call_guard<py::gil_scoped_release>());
   m.def("dropout_keep", &dropout_keep, "the tower kernel's dropout factors for one layer/step");
+  m.def("csr_spmm", &csr_spmm, "A x for a CSR A and a dense x, rows in parallel",
+        py::arg("indptr"), py::arg("indices"), py::arg("values"), py::arg("x"),
+        py::call_guard<py::gil_scoped_release>());
 }
