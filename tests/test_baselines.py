@@ -300,3 +300,17 @@ def test_itemknn_beyond_float64_memory_fits_in_blocks_to_the_same_weights(monkey
             blocked = build_model("itemknn", 40, 60, seed=0, neighbours=7, shrink=shrink)
             blocked.fit_epoch(data, 1)
         torch.testing.assert_close(blocked.weights, dense.weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["itemknn", "ease"])
+def test_item_item_weights_are_row_major_on_large_catalogues(name, monkeypatch):
+    """SciPy reads W a row per history item: a column-major W made every call copy it."""
+    from torchcf.models.baselines import history
+
+    monkeypatch.setattr(history, "SPARSE_FROM", 10)
+    monkeypatch.setattr(history, "FLOAT64_UP_TO", 10)
+    rng = np.random.default_rng(4)
+    data = Interactions(rng.integers(0, 30, 400), rng.integers(0, 60, 400), 30, 60)
+    model = build_model(name, 30, 60, seed=0)
+    model.fit_epoch(data, 1)
+    assert model.weights.is_contiguous()

@@ -30,7 +30,12 @@ _SOURCE = _CSRC / "module.cpp"  # includes the kernels: one translation unit
 _PARTS = [
     _CSRC / name
     for name in (
-        "module.cpp", "adam.h", "dot_adam.cpp", "ials_cg.cpp", "spmm.cpp", "tower_adam.cpp"
+        "module.cpp",
+        "adam.h",
+        "dot_adam.cpp",
+        "ials_cg.cpp",
+        "spmm.cpp",
+        "tower_adam.cpp",
     )
 ]
 _module: ModuleType | None = None

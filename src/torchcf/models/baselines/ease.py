@@ -42,6 +42,8 @@ class EASE(HistoryModel):
             del gram
             weights = torch.cholesky_inverse(factor).neg_()
             del factor
+            if not weights.is_contiguous():  # LAPACK's column order; −P is symmetric
+                weights = weights.T
         weights.div_(-weights.diagonal().clone()[None, :])  # B = −P / diag(P)
         weights.diagonal().zero_()
         self.weights = weights.float()

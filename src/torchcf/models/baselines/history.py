@@ -68,7 +68,8 @@ class HistoryModel(FittedModel):
         self.history_indices = torch.as_tensor(csr.indices, dtype=torch.long)
         binary = csr.astype(dtype)
         binary.data[:] = 1.0
-        return torch.as_tensor((binary.T @ binary).toarray())
+        gram = (binary.T @ binary).toarray()  # (SciPy hands a CSC product back in F order)
+        return torch.as_tensor(gram.T if gram.flags.f_contiguous else gram)  # symmetric: C order
 
     def history(self, users: torch.Tensor) -> torch.Tensor:
         """``(B, num_items)`` 0/1 rows of the users' training items."""

@@ -56,7 +56,7 @@ class ItemKNN(HistoryModel):
         matrices alive instead of five)."""
         co = self._fit_history(train, np.float32)
         norms = co.diagonal().clone().sqrt_()
-        pruned = torch.zeros_like(co)
+        pruned = torch.zeros(co.shape, dtype=co.dtype)  # C order: rows of W are read whole
         width = max(1, 2**26 // self.num_items)
         for lo in range(0, self.num_items, width):
             hi = min(lo + width, self.num_items)
