@@ -70,10 +70,10 @@ KEYS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@40", "ndcg@40")
 def run(torchcf: str, data: str, model: str, flags: list[str], out: Path) -> dict:
     """One ``torchcf train`` under ``/usr/bin/time``: its summary, wall seconds, peak KB (a
     finished run of the same command in ``out`` is read, not trained again)."""
-    record = out.with_suffix(".json")
+    record = out.parent / f"{out.name}.json"  # (not with_suffix: names hold "0.1")
     if record.exists() and json.loads(record.read_text())["flags"] == flags:
         return json.loads(record.read_text())
-    timing = out.with_suffix(".time")
+    timing = out.parent / f"{out.name}.time"
     command = [
         "/usr/bin/time", "-f", "%e %M", "-o", str(timing), torchcf, "train", "--data", data,
         "--model", model, "--mask", "train", "--no-progress", "--overwrite", "--out", str(out),
