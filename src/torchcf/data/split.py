@@ -554,8 +554,9 @@ def temporal_split(
     valid_fraction: float | None = None,
 ) -> Split:
     """A global time cut: every interaction after the ``1 − fraction`` quantile of the
-    timestamps is test, and (``validation``) every one after the ``1 − 2·fraction`` quantile and
-    up to the test cut is validation; training is what precedes the first cut, so no training
+    timestamps is test, and (``validation``) every one after the ``1 − fraction −
+    valid_fraction`` quantile (``valid_fraction`` default: ``fraction``) and up to the test cut
+    is validation; training is what precedes the first cut, so no training
     interaction of any user comes after a held-out one (per-user leave-last-out lets training
     see other users' future; Ji et al. 2023).
 
@@ -605,16 +606,7 @@ def temporal_split(
     )
     if len(test) == 0:
         raise DataError("no test interaction of a user with training history after the time cut")
-    cold_items = int((train.item_counts()[test.items] == 0).sum())
-    for name in ("test", "validation") if validation else ("test",):
-        if counts[f"{name}_cold_interactions"]:
-            notes.append(
-                f"{counts[f'{name}_cold_interactions']} {name} interactions of "
-                f"{counts[f'{name}_cold_users']} users without training history: reported "
-                "apart, not in the metrics"
-            )
-    if cold_items:
-        notes.append(f"{cold_items} test interactions are of items never trained on (kept)")
+    _temporal_notes(counts, train, test, val_holdout, notes)
     protocol: dict[str, Any] = {
         **_temporal_protocol(fraction, valid_fraction, test_cut, train_cut, val_holdout),
         "candidates": f"the held-out item + {num_negatives} distinct sampled items the user "
@@ -629,6 +621,27 @@ def temporal_split(
         "notes": notes,
     }
     return Split(train, test, val_holdout, protocol)
+
+
+def _temporal_notes(
+    counts: dict[str, Any],
+    train: Interactions,
+    test: Holdout,
+    validation: Holdout | None,
+    notes: list[str],
+) -> None:
+    """The held-out interactions left out (users without training history) and the test
+    interactions of items never trained on, as notes."""
+    for name in ("test", "validation") if validation is not None else ("test",):
+        if counts[f"{name}_cold_interactions"]:
+            notes.append(
+                f"{counts[f'{name}_cold_interactions']} {name} interactions of "
+                f"{counts[f'{name}_cold_users']} users without training history: reported "
+                "apart, not in the metrics"
+            )
+    cold_items = int((train.item_counts()[test.items] == 0).sum())
+    if cold_items:
+        notes.append(f"{cold_items} test interactions are of items never trained on (kept)")
 
 
 def _temporal_protocol(
