@@ -223,8 +223,10 @@ def test_the_compiled_ials_sweep_equals_the_tensor_ops(split, dim):
     for epoch in (1, 2, 3):
         compiled.fit_epoch(split.train, epoch)
         tensors.fit_epoch(split.train, epoch)
+    # three CG steps of three sweeps amplify summation-order differences: the vector width
+    # (AVX-512 on Intel, AVX2 on this AMD box) moves a few entries by ~2e-5
     for name, value in tensors.state_dict().items():
-        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(compiled.state_dict()[name], value, rtol=1e-4, atol=1e-4)
 
 
 def test_ials_conjugate_gradient_converges_to_the_exact_solve(split):

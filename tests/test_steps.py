@@ -138,10 +138,18 @@ def test_compiled_kernel_runs_a_shuffled_epoch_in_one_call(name, batch, catalogu
     loss = 0.0
     for part in order.split(batch * 4):  # several batches per call, as the trainer does
         loss += step.run(users, items, labels, order=part, logits=logits)
-    assert torch.allclose(logits[order], torch.cat(want), rtol=1e-4, atol=1e-5)
-    expected = float(bce_with_logits(torch.cat(want).double(), labels[order].double()))
-    assert loss / n == pytest.approx(expected, rel=1e-5)
-    assert_same_parameters(reference, fast)
+    got, wanted = logits[order], torch.cat(want)
+    # the first three batches (two Adam steps) equal to float rounding; later, Adam's
+    # per-coordinate normalisation can amplify the last bits of near-zero gradients summed in
+    # another order (on the AMD box, 4096-neumf: 4e-7 for three batches, then up to 6e-3)
+    early = 3 * batch
+    assert torch.allclose(got[:early], wanted[:early], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(got, wanted, rtol=1e-3, atol=1e-2)
+    expected = float(bce_with_logits(wanted.double(), labels[order].double()))
+    assert loss / n == pytest.approx(expected, rel=1e-3)
+    # Adam moves a coordinate by about lr a step: amplified rounding stays well within two steps
+    for ref, got_param in zip(reference.parameters(), fast.parameters(), strict=True):
+        assert float((ref - got_param).abs().max()) < 2 * config.learning_rate
 
 
 @needs_kernel
