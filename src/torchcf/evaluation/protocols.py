@@ -25,6 +25,7 @@ from torchcf.evaluation.metrics import (
     positive_ranks,
     ranking_metrics,
 )
+from torchcf.evaluation.sets import row_entries
 from torchcf.models.base import ScoringModel
 
 __all__ = [
@@ -131,17 +132,10 @@ def _candidate_summary(holdout: Holdout) -> dict[str, int]:
 
 
 def rows_mask(csr: sp.csr_matrix, rows: np.ndarray, num_items: int) -> torch.Tensor:
-    """``(len(rows), num_items)`` bool: the stored columns of each of ``csr``'s ``rows``.
-
-    Straight from ``indptr``/``indices`` (no scipy row slicing): the entries' positions are
-    ``start_r + 0 … count_r − 1`` for every row, built in one vectorised expression.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    starts, counts = csr.indptr[rows], csr.indptr[rows + 1] - csr.indptr[rows]
-    position = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    """``(len(rows), num_items)`` bool: the stored columns of each of ``csr``'s ``rows``."""
+    row_of, columns = row_entries(csr, rows)
     mask = torch.zeros(len(rows), num_items, dtype=torch.bool)
-    row_of = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))
-    mask[row_of, torch.from_numpy(csr.indices[position].astype(np.int64))] = True
+    mask[row_of, columns] = True
     return mask
 
 

@@ -85,15 +85,15 @@ class HeldOutSets:
         )
 
 
-def _masked_entries(
-    exclude: sp.csr_matrix, users: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Row (within the block) and item of every masked entry of ``users``, and each row's count."""
-    starts, ends = exclude.indptr[users], exclude.indptr[users + 1]
-    counts = ends - starts
+def row_entries(csr: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored entries of ``csr``'s ``rows``: each entry's position in ``rows`` and its
+    column. Straight from ``indptr``/``indices`` (no SciPy row slicing): the positions are
+    ``start_r + 0 … count_r − 1`` for every row, in one vectorised expression."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts, counts = csr.indptr[rows], csr.indptr[rows + 1] - csr.indptr[rows]
     position = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-    rows = torch.from_numpy(np.repeat(np.arange(len(users)), counts))
-    return rows, torch.from_numpy(exclude.indices[position].astype(np.int64)), counts
+    row_of = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))
+    return row_of, torch.from_numpy(csr.indices[position].astype(np.int64))
 
 
 def _block_positions(
@@ -186,7 +186,7 @@ def set_positions(
         targets[row, column] = torch.from_numpy(sets.items[start:stop])
         valid[row, column] = True
         targets, valid = targets.to(device), valid.to(device)
-        rows, items, _ = _masked_entries(exclude, sets.users[lo:hi])
+        rows, items = row_entries(exclude, sets.users[lo:hi])
         masked = (rows.to(device), items.to(device))
         users = torch.as_tensor(sets.users[lo:hi], device=device)
         for finite in (False, True):
@@ -283,4 +283,4 @@ def per_user_table(
     )
 
 
-__all__ += ["per_user_table"]
+__all__ += ["per_user_table", "row_entries"]

@@ -532,11 +532,8 @@ def evaluate_sets(
         if holdout is None:
             continue
         sets = split.sets(holdout)
-        lo, hi = world.span(len(sets))
-        positions, lists = set_positions(
-            model, sets.share(lo, hi), split.exclude(holdout), max(ks), device
-        )
-        share = sets.share(lo, hi)
+        share = sets.share(*world.span(len(sets)))
+        positions, lists = set_positions(model, share, split.exclude(holdout), max(ks), device)
         values = set_metrics(positions, share.indptr, ks)
         values = {
             key: distributed.gather(torch.as_tensor(v), len(sets), world).numpy()
