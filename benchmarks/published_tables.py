@@ -38,6 +38,10 @@ PAPER = {
 }
 
 DOT = ["--factors", "64", "--batch-size", "2048", "--negatives", "1"]
+# LightGCN at the paper's settings (its defaults), trained until validation stops improving
+LONG = ["--epochs", "1000", "--patience", "100"]
+PLUS = ["--norm-alpha", "0.6", "--norm-beta", "-0.1", "--gamma", "0.2", "--unit-norm"]
+MODEL_OF = {"lightgcn++": "lightgcn"}  # grid entries that are settings of another model
 GRIDS: dict[str, dict[str, list[list[str]]]] = {
     "lastfm": {
         "pop": [[]],
@@ -50,6 +54,8 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         ],
         "bpr": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
         "mf": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
+        "lightgcn": [LONG],
+        "lightgcn++": [[*PLUS, *LONG]],
     },
     "gowalla": {
         "pop": [[]],
@@ -112,7 +118,13 @@ def main() -> None:
     wanted = args.models.split(",") if args.models else list(GRIDS[name])
     for model in wanted:
         runs = [
-            run(args.torchcf, args.data, model, flags, out / f"{model}-{'_'.join(flags) or 0}")
+            run(
+                args.torchcf,
+                args.data,
+                MODEL_OF.get(model, model),
+                flags,
+                out / f"{model}-{'_'.join(flags) or 0}",
+            )
             for flags in GRIDS[name][model]
         ]
         for r in runs:

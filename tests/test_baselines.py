@@ -10,6 +10,7 @@ import torch
 from conftest import needs_kernel, planted
 from torchcf.data.interactions import Interactions
 from torchcf.data.split import leave_one_out
+from torchcf.models.base import FittedModel
 from torchcf.models.baselines import EASE, IALS, ItemKNN, Pop
 from torchcf.models.registry import SPECS, build_model
 from torchcf.serving.persistence import load_model, save_model
@@ -28,7 +29,7 @@ def fitted(name: str, split, epochs: int = 4, **hparams):
     return model, fit
 
 
-BASELINES = [name for name, spec in SPECS.items() if spec.training is not None]
+BASELINES = [name for name, spec in SPECS.items() if issubclass(spec.model, FittedModel)]
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -280,6 +280,8 @@ RESUMABLE = {
     "ials": {"embedding_dim": 8},
     # a graph model: the whole graph propagated every step, the L2 penalty, fused Adam
     "lightgcn": {"embedding_dim": 8, "layers": 2, "batch_size": 64},
+    # rows as samples, keyed input dropout and noise, the annealed KL weight
+    "multvae": {"hidden": 16, "latent": 4, "batch_size": 16, "anneal_steps": 10},
     # the fast recipe: prefetching sampler, cosine schedule, large batches
     "gmf-fast": {"embedding_dim": 8, "batch_size": 512},
 }

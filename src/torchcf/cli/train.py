@@ -128,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
         if args.seeds is not None or args.split_seeds:
             raise TorchcfError("--nproc trains one run: not with --seeds")
         overrides(args)  # every option checked before the processes start
+        from torchcf.models.registry import get_spec
+        from torchcf.training.trainer import single_process
+
+        why = single_process(get_spec(args.model).model)
+        if why:
+            raise TorchcfError(why)
         return _launch(args)
     try:
         distributed.setup(args.backend, args.dist_timeout, args.device or "auto")

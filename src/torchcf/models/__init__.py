@@ -8,6 +8,7 @@ from torchcf.models.gmf import GMF
 from torchcf.models.lightgcn import LightGCN
 from torchcf.models.mf import BPRMF, MF
 from torchcf.models.mlp import MLP
+from torchcf.models.multvae import MultVAE
 from torchcf.models.neumf import NeuMF
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "LightGCN",
     "ModelConfig",
     "ModelSpec",
+    "MultVAE",
     "NeuMF",
     "Pop",
     "ScoringModel",

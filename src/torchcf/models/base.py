@@ -27,6 +27,7 @@ __all__ = [
     "FittedModel",
     "FloatRange",
     "IntRange",
+    "KeptRows",
     "ModelConfig",
     "ModelSpec",
     "Param",
@@ -34,6 +35,7 @@ __all__ = [
     "factors_setting",
     "gather_scores",
     "init_std_setting",
+    "row_columns",
 ]
 
 
@@ -75,8 +77,14 @@ class ScoringModel(nn.Module):
     # score_all bounds its own working memory (blocks of pairs): callers size their batches of
     # users by the (users × items) result alone
     blocked_scoring: bool = False
-    # several processes (torchrun) can train it: its step's work splits by rows of the batch
+    # several processes (torchrun) can train it: its step's work splits by rows of the batch;
+    # else ``one_process`` says why not
     distributed_training: ClassVar[bool] = True
+    one_process: ClassVar[str] = ""
+    # it trains on whole user rows (an autoencoder): a batch is users, its loss ``row_loss``
+    row_training: ClassVar[bool] = False
+    # it scores a new user's items directly (``fold_in_scores``), without fitting a user row
+    folds_in_rows: ClassVar[bool] = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -154,6 +162,16 @@ class ScoringModel(nn.Module):
         on the batch's E⁰ rows), or None."""
         return None
 
+    def row_loss(self, users: torch.Tensor, step: int) -> torch.Tensor:
+        """``(B,)`` losses of the users' whole training rows at optimizer step ``step``
+        (0-based): what a ``row_training`` model trains on."""
+        raise NotImplementedError
+
+    def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
+        """``(num_items,)`` scores for a user not in training who interacted with ``items``
+        (``folds_in_rows`` models)."""
+        raise NotImplementedError
+
 
 class FittedModel(ScoringModel):
     """A model the trainer fits with ``fit_epoch`` rather than with gradient steps.
@@ -165,14 +183,51 @@ class FittedModel(ScoringModel):
     max_epochs: ClassVar[int | None] = 1  # closed form: more epochs would change nothing
     # fit_epoch shares its work among the ranks of a distributed run (torchcf.distributed)
     distributed: ClassVar[bool] = False
+    folds_in_rows = True
 
     def fit_epoch(self, train: Interactions, epoch: int) -> float:
         """Fit (or refine, for iterative models) on ``train``; returns the objective or NaN."""
         raise NotImplementedError
 
-    def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
-        """``(num_items,)`` scores for a user not in training who interacted with ``items``."""
-        raise NotImplementedError
+
+def row_columns(
+    indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items of ``users``' rows of a CSR matrix (``indptr``, ``indices``), concatenated in
+    the users' order, and each user's count."""
+    starts, ends = indptr[users], indptr[users + 1]
+    counts = ends - starts
+    offsets = torch.arange(int(counts.sum()), device=users.device)
+    offsets = offsets - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    return indices[torch.repeat_interleave(starts, counts) + offsets], counts
+
+
+class KeptRows(nn.Module):
+    """A model whose scores read the users' training items keeps them (deduplicated, as CSR
+    buffers ``rows_indptr``/``rows_indices``, saved with the weights); ``observe`` fills them.
+    ``nnz`` sizes the buffers when a saved model is loaded."""
+
+    rows_indptr: torch.Tensor
+    rows_indices: torch.Tensor
+
+    def keep_rows(self, num_users: int, nnz: int) -> None:
+        self.register_buffer("rows_indptr", torch.zeros(num_users + 1, dtype=torch.long))
+        self.register_buffer("rows_indices", torch.zeros(nnz, dtype=torch.long))
+
+    def observe(self, train: Interactions) -> None:
+        """Keep the training rows (deduplicated user → item pairs)."""
+        csr = train.deduplicate().csr
+        csr.sort_indices()
+        device = self.rows_indptr.device
+        self.rows_indptr = torch.as_tensor(csr.indptr, dtype=torch.long).to(device)
+        self.rows_indices = torch.as_tensor(csr.indices, dtype=torch.long).to(device)
+
+    def kept_nnz(self) -> dict[str, int]:
+        return {"nnz": int(self.rows_indices.numel())}
+
+    def row_items(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The users' training items, concatenated, and each user's count."""
+        return row_columns(self.rows_indptr, self.rows_indices, users)
 
 
 def gather_scores(model: ScoringModel, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -208,7 +263,9 @@ Param = FloatRange | IntRange | Choice
 
 # the training settings a fitted model (closed form, alternating solves) takes: the others
 # (optimizer, batches, negatives...) mean nothing to it and are refused
-FITTED_TRAINING = frozenset({"epochs", "seed", "device", "patience", "select_by", "select_metric"})
+FITTED_TRAINING = frozenset(
+    {"epochs", "seed", "device", "patience", "eval_every", "select_by", "select_metric"}
+)
 
 
 @dataclass(frozen=True)

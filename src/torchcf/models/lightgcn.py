@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from torchcf import native
-from torchcf.data.interactions import Interactions
 from torchcf.models.base import (
     Choice,
     FloatRange,
+    KeptRows,
     ModelConfig,
     ModelSpec,
     ScoringModel,
@@ -149,7 +149,7 @@ def propagate(
     return weight * e0 + (1.0 - weight) * (total / layers)
 
 
-class LightGCN(ScoringModel):
+class LightGCN(KeptRows, ScoringModel):
     """LightGCN / LightGCN++: ``score(u, i) = e_u · e_i`` of the propagated embeddings."""
 
     name = "lightgcn"
@@ -158,8 +158,7 @@ class LightGCN(ScoringModel):
     user_tables = ()  # a new user has no edges to propagate: no fold-in
     # every step propagates the whole graph: several processes would repeat it, not share it
     distributed_training = False
-    graph_indptr: torch.Tensor
-    graph_indices: torch.Tensor
+    one_process = "it propagates its whole graph every step"
 
     def __init__(
         self,
@@ -180,30 +179,19 @@ class LightGCN(ScoringModel):
         with torch.no_grad():
             for table in (self.user_embedding, self.item_embedding):
                 table.weight.normal_(0.0, self.config.init_std, generator=generator)
-        # the training graph (users' items, CSR), saved with the weights: Â is rebuilt from it
-        self.register_buffer("graph_indptr", torch.zeros(num_users + 1, dtype=torch.long))
-        self.register_buffer("graph_indices", torch.zeros(nnz, dtype=torch.long))
+        self.keep_rows(num_users, nnz)  # the training graph, saved: Â is rebuilt from it
         self._graph: tuple[tuple[int, ...], Graph] | None = None
         self._scores: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     def hparams(self) -> dict[str, Any]:
-        return {"nnz": int(self.graph_indices.numel()), **super().hparams()}
-
-    def observe(self, train: Interactions) -> None:
-        """Keep the training graph (deduplicated user → item edges)."""
-        csr = train.deduplicate().csr
-        csr.sort_indices()
-        self.graph_indptr = torch.as_tensor(csr.indptr, dtype=torch.long).to(self.graph_indptr)
-        self.graph_indices = torch.as_tensor(csr.indices, dtype=torch.long).to(
-            self.graph_indptr.device
-        )
+        return {**self.kept_nnz(), **super().hparams()}
 
     def graph(self) -> Graph:
         """``Â`` of the kept training graph: built once, again only when the graph changes."""
-        key = (self.graph_indices.data_ptr(), int(self.graph_indices.numel()))
+        key = (self.rows_indices.data_ptr(), int(self.rows_indices.numel()))
         if self._graph is None or self._graph[0] != key:
-            indptr = self.graph_indptr.cpu().numpy()
-            indices = self.graph_indices.cpu().numpy()
+            indptr = self.rows_indptr.cpu().numpy()
+            indices = self.rows_indices.cpu().numpy()
             train = sp.csr_matrix(
                 (np.ones(len(indices)), indices, indptr), shape=(self.num_users, self.num_items)
             )
@@ -231,7 +219,7 @@ class LightGCN(ScoringModel):
         """``final()`` computed once per set of weights for scoring (no gradients)."""
         weights = (self.user_embedding.weight, self.item_embedding.weight)
         key = tuple(w._version for w in weights) + tuple(w.data_ptr() for w in weights)
-        key += (self.graph_indices.data_ptr(),)
+        key += (self.rows_indices.data_ptr(),)
         if self._scores is None or self._scores[0] != key:
             with torch.no_grad():
                 self._scores = (key, self.final())

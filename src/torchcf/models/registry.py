@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from torchcf.errors import ConfigError
-from torchcf.models import blend, gmf, lightgcn, mf, mlp, neumf
+from torchcf.models import blend, gmf, lightgcn, mf, mlp, multvae, neumf
 from torchcf.models.base import ModelConfig, ModelSpec, ScoringModel
 from torchcf.models.baselines import ease, ials, itemknn, pop
 
@@ -30,6 +30,7 @@ SPECS: dict[str, ModelSpec] = {
         ease.SPEC,
         ials.SPEC,
         lightgcn.SPEC,
+        multvae.SPEC,
         blend.SPEC,
     )
 }

@@ -241,10 +241,10 @@ def summarise(fit: FitResult, k: int, split: Split) -> dict[str, Any]:
             "note": f"the epoch with the best test {next(iter(best.metrics['test'])).upper()}, "
             "as the seed write-up reported it (optimistic: chosen on the test set)",
         },
-        "epochs_run": len(history),
+        "epochs_run": history[-1].epoch,
         "stopped_early": fit.stopped_early,
-        "seconds_per_epoch": {
-            "train": float(np.mean([r.train_seconds for r in history])),
+        "seconds_per_epoch": {  # (eval: per evaluation, every ``eval_every`` epochs)
+            "train": sum(r.train_seconds for r in history) / max(1, history[-1].epoch),
             "eval": float(np.mean([r.eval_seconds for r in history])),
         },
         "protocol": {
@@ -368,7 +368,7 @@ def _fit(
     )
     if resume:
         trainer.load_checkpoint(run.checkpoint)
-        echo(f"resumed after epoch {len(trainer.history)}")
+        echo(f"resumed after epoch {trainer.history[-1].epoch if trainer.history else 0}")
     try:
         return trainer, trainer.fit()
     finally:

@@ -27,7 +27,7 @@ from torch.func import functional_call
 from torchcf.data.loaders import load_item_info, load_title_map
 from torchcf.errors import ConfigError, DataError
 from torchcf.evaluation.protocols import rows_mask
-from torchcf.models.base import FittedModel, ScoringModel
+from torchcf.models.base import ScoringModel
 from torchcf.models.blend import Blend
 from torchcf.serving.persistence import LoadedModel, load_model
 from torchcf.training.losses import bce_with_logits
@@ -202,7 +202,7 @@ class Recommender:
                 for w, part in zip(model.weights, model.members, strict=True)
             ]
             return model.combine(scores)
-        if isinstance(model, FittedModel):
+        if model.folds_in_rows:
             with torch.no_grad():
                 index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(self.device)
                 return model.fold_in_scores(index).float()

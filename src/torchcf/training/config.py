@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 
 from torchcf.data.split import SEED, SplitConfig
 from torchcf.errors import ConfigError
-from torchcf.models.base import ModelConfig, ModelSpec
+from torchcf.models.base import ModelConfig, ModelSpec, ScoringModel
 from torchcf.models.registry import SPECS, get_spec
 from torchcf.settings import Settings, above, below_one, between, setting
 
-__all__ = ["OPTIMIZERS", "Recipe", "TrainConfig", "applicable", "recipe", "takes"]
+__all__ = ["OPTIMIZERS", "Recipe", "TrainConfig", "applicable", "check_loss", "recipe", "takes"]
 
 OPTIMIZERS = ("adam", "lazy-adam", "sgd", "adagrad")
 
@@ -65,8 +65,9 @@ class TrainConfig(Settings):
     )
     loss: str = setting(
         "bce",
-        "bce (pointwise, the NCF loss) or bpr (pairwise −log σ(s⁺ − s⁻))",
-        choices=("bce", "bpr"),
+        "bce (pointwise, the NCF loss), bpr (pairwise −log σ(s⁺ − s⁻)) or multinomial (over "
+        "whole user rows: multvae's)",
+        choices=("bce", "bpr", "multinomial"),
     )
     step: str = setting(
         "auto",
@@ -84,6 +85,12 @@ class TrainConfig(Settings):
     )
     patience: int = setting(
         0, "stop after this many epochs without improvement (0: never)", check=between(0, 100_000)
+    )
+    eval_every: int = setting(
+        1,
+        "evaluate (log, checkpoint, select) every N epochs and after the last: long runs on "
+        "large catalogues spend less time ranking",
+        check=between(1, 100_000),
     )
     select_by: str = setting(
         "auto",
@@ -181,6 +188,16 @@ def applicable(model: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in settings.items() if takes(model, name)}
 
 
+def check_loss(model: type[ScoringModel], loss: str) -> None:
+    """A row model (Mult-VAE) trains on its rows' multinomial loss and only it does."""
+    if model.row_training and loss != "multinomial":
+        raise ConfigError(
+            f"{model.name} trains on whole user rows (--loss multinomial), not {loss}"
+        )
+    if loss == "multinomial" and not model.row_training:
+        raise ConfigError(f"--loss multinomial is over whole user rows (multvae), not {model.name}")
+
+
 def _assemble(spec: ModelSpec, values: Mapping[str, Any]) -> Recipe:
     refused = sorted(name for name in values if not takes(spec.name, name))
     if refused:
@@ -189,6 +206,8 @@ def _assemble(spec: ModelSpec, values: Mapping[str, Any]) -> Recipe:
             f"{', '.join(spec.config.field_names()) or 'none of its own'}; training: "
             f"{', '.join(_training_fields(spec))})"
         )
+
+    check_loss(spec.model, values.get("loss", "bce"))
 
     def part(names: Sequence[str]) -> dict[str, Any]:
         return {name: values[name] for name in names if name in values}

@@ -30,6 +30,8 @@ class EpochSampler:
 
     With ``pairs`` (the BPR loss) the rows are pairs instead: users ``(n, 1)``, items ``(n, 2)``
     = (positive, fresh negative), one row per positive and negative; labels a placeholder.
+    With ``rows`` (a model trained on whole user rows) the samples are the users that have
+    training items, once each in a fresh order; items and labels are placeholders.
     On a GPU the negatives are drawn on the device too, so an epoch's data never leaves it.
     """
 
@@ -41,6 +43,7 @@ class EpochSampler:
         device: torch.device,
         *,
         pairs: bool = False,
+        rows: bool = False,
         prefetch_until: int = 0,
     ) -> None:
         self.train = train
@@ -48,9 +51,12 @@ class EpochSampler:
         self.seed = seed
         self.device = device
         self.pairs = pairs
+        self.rows = rows
         self.prefetch_until = prefetch_until  # last epoch to prefetch (0: no prefetching)
         self.pos_users = torch.tensor(train.users, device=device)
         self.pos_items = torch.tensor(train.items, device=device)
+        if rows:  # (a user's row is one sample)
+            self.pos_users = torch.unique(self.pos_users)
         self._known_keys: torch.Tensor | None = None
         if device.type != "cpu":  # sorted (user, item) keys for sampling on the device
             self._known_keys = torch.as_tensor(train.pair_keys, device=device)
@@ -60,7 +66,7 @@ class EpochSampler:
     @property
     def samples(self) -> int:
         """Samples in one epoch."""
-        return len(self.pos_users) * (1 + self.num_negatives)
+        return len(self.pos_users) * (1 if self.rows else 1 + self.num_negatives)
 
     def parts(self) -> int:
         """How many parts an epoch is drawn in (1: the whole epoch at once)."""
@@ -72,6 +78,15 @@ class EpochSampler:
         """One epoch's (or one part's: the positives at ``positives``) samples and order."""
         rng = np.random.default_rng([self.seed, epoch] + ([] if part is None else [part]))
         gen = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        if self.rows:
+            users = self.pos_users
+            order = torch.randperm(len(users), generator=gen, device=self.device)
+            return (
+                users,
+                torch.zeros_like(users),
+                torch.zeros(len(users), device=self.device),
+                order,
+            )
         k = self.num_negatives
         pos_users, pos_items = self.pos_users, self.pos_items
         if positives is not None:

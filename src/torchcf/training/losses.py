@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "bce_with_logits", "bpr", "pairwise_bpr"]
+__all__ = ["LOSSES", "bce_with_logits", "bpr", "pairwise_bpr", "row_mean"]
 
 
 def bce_with_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -23,5 +23,12 @@ def pairwise_bpr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return bpr(logits[..., 0], logits[..., 1])
 
 
-# the trainer's losses by name: each takes (logits, labels) of one batch
-LOSSES = {"bce": bce_with_logits, "bpr": pairwise_bpr}
+def row_mean(losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A row model's own ``(B,)`` per-user losses (Mult-VAE's annealed negative ELBO of the
+    multinomial likelihood), averaged; ``labels`` are unused."""
+    return losses.mean()
+
+
+# the trainer's losses by name: each takes (logits, labels) of one batch (a row model hands its
+# per-user losses as the "logits")
+LOSSES = {"bce": bce_with_logits, "bpr": pairwise_bpr, "multinomial": row_mean}

@@ -119,6 +119,9 @@ class ForwardLoss:
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys.next_step()
+        if self.model.row_training:  # the users' whole rows: the model's own per-user losses
+            losses = self.model.row_loss(users, self.keys.taken - 1)
+            return losses.detach(), losses.mean()
         logits = self.forward(users, items)
         loss = self.loss(logits, labels)
         extra = self.model.penalty(users, items)

@@ -27,7 +27,7 @@ from torchcf.evaluation.protocols import holdout_ranks
 from torchcf.evaluation.sets import set_metrics, set_positions
 from torchcf.io import atomic_path
 from torchcf.models.base import FittedModel, ScoringModel
-from torchcf.training.config import TrainConfig
+from torchcf.training.config import TrainConfig, check_loss
 from torchcf.training.epochs import EpochSampler
 from torchcf.training.losses import LOSSES
 from torchcf.training.steps import CompiledSteps, TrainStep, make_step
@@ -35,6 +35,7 @@ from torchcf.training.steps import CompiledSteps, TrainStep, make_step
 __all__ = [
     "METRICS",
     "selection",
+    "single_process",
     "EpochRecord",
     "FitResult",
     "Trainer",
@@ -65,6 +66,18 @@ def selection(split: Split, select_metric: str, k: int) -> tuple[tuple[str, str]
     return (name, "recall" if name == "ndcg" else "ndcg"), int(cut)
 
 
+def single_process(model: type[ScoringModel]) -> str | None:
+    """Why ``model`` trains in one process only (not under torchrun/--nproc), or None."""
+    if issubclass(model, FittedModel) and not model.distributed:
+        return f"{model.name} fits in one process: run it without torchrun/--nproc"
+    if not model.distributed_training:
+        return (
+            f"{model.name} trains in one process ({model.one_process}): run it without "
+            "torchrun/--nproc"
+        )
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; a CUDA request without CUDA is a ConfigError."""
     if name == "auto":
@@ -84,9 +97,9 @@ class EpochRecord:
     and each of ``METRICS``."""
 
     epoch: int
-    loss: float
+    loss: float  # (of this epoch)
     metrics: dict[str, dict[str, float]]
-    train_seconds: float
+    train_seconds: float  # (of the epochs since the previous record: ``eval_every`` of them)
     eval_seconds: float
 
     def score(self, holdout: str) -> tuple[float, ...]:
@@ -146,13 +159,11 @@ class Trainer:
         self.fitted = isinstance(model, FittedModel)
         # several processes (torchrun): each trains and evaluates its share (torchcf.distributed)
         self.world = world or distributed.current()
-        if self.world.size > 1 and isinstance(model, FittedModel) and not model.distributed:
-            raise ConfigError(f"{model.name} fits in one process: run it without torchrun/--nproc")
-        if self.world.size > 1 and not model.distributed_training:
-            raise ConfigError(
-                f"{model.name} propagates its whole graph every step: it trains in one process "
-                "(run it without torchrun/--nproc)"
-            )
+        if not isinstance(model, FittedModel):
+            check_loss(type(model), config.loss)
+        why = single_process(type(model))
+        if self.world.size > 1 and why:
+            raise ConfigError(why)
         model.observe(split.train)
         self.step: TrainStep | None = None if self.fitted else make_step(model, config, self.world)
         self.sampler = EpochSampler(
@@ -161,6 +172,7 @@ class Trainer:
             config.seed,
             self.device,
             pairs=config.loss == "bpr",
+            rows=model.row_training,
             prefetch_until=config.epochs if config.prefetch else 0,
         )
         holdouts = [h for h in (split.test, split.validation) if h is not None]
@@ -319,10 +331,15 @@ class Trainer:
         if self.evaluate_initial and not self.history:
             self._accept(self._record(0, math.nan, 0.0), selection)
         first = self.history[-1].epoch + 1 if self.history else 1
+        every, seconds = self.config.eval_every, 0.0
         for epoch in range(first, self.last_epoch + 1):
             t0 = time.perf_counter()
             loss = self.train_epoch(epoch)
-            self._accept(self._record(epoch, loss, time.perf_counter() - t0), selection)
+            seconds += time.perf_counter() - t0
+            if epoch % every and epoch != self.last_epoch:
+                continue  # (evaluated, logged, checkpointed every ``eval_every`` epochs)
+            self._accept(self._record(epoch, loss, seconds), selection)
+            seconds = 0.0
             if self.stop:
                 break
         if self.best is None or self.best_state is None:
@@ -338,14 +355,16 @@ class Trainer:
         )
 
     def _accept(self, record: EpochRecord, selection: str) -> None:
-        """Log ``record``, track the best epoch, early stopping, and run the callbacks."""
+        """Log ``record``, track the best epoch, early stopping (epochs since the best), and run
+        the callbacks."""
+        since = record.epoch - self.history[-1].epoch if self.history else 1
         self.history.append(record)
         if self.best is None or record.score(selection) > self.best.score(selection):
             self.best = record
             self.best_state = _clone_state(self.model)
             self._stale = 0
         else:
-            self._stale += 1
+            self._stale += since
         if self.config.patience and self._stale >= self.config.patience:
             self.stop = True
         for callback in self.callbacks:
@@ -378,7 +397,7 @@ class Trainer:
         except (OSError, RuntimeError, EOFError, KeyError) as exc:
             raise TorchcfError(f"cannot read checkpoint {path}: {exc}") from None
         # more epochs may follow a finished run, unless they set the learning-rate schedule
-        free = ("patience", "device", "prefetch") + (
+        free = ("patience", "device", "prefetch", "eval_every") + (
             ("epochs",) if self.config.lr_schedule == "constant" else ()
         )
         mine = self._settings()

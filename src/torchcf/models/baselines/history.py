@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from torchcf.data.interactions import Interactions
-from torchcf.models.base import FittedModel, ModelConfig, gather_scores
+from torchcf.models.base import FittedModel, ModelConfig, gather_scores, row_columns
 
 __all__ = ["FLOAT64_UP_TO", "SPARSE_FROM", "HistoryModel"]
 
@@ -73,12 +73,8 @@ class HistoryModel(FittedModel):
 
     def history(self, users: torch.Tensor) -> torch.Tensor:
         """``(B, num_items)`` 0/1 rows of the users' training items."""
-        starts, ends = self.history_indptr[users], self.history_indptr[users + 1]
-        counts = ends - starts
+        columns, counts = row_columns(self.history_indptr, self.history_indices, users)
         rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-        offsets = torch.arange(int(counts.sum()), device=users.device)
-        offsets = offsets - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        columns = self.history_indices[torch.repeat_interleave(starts, counts) + offsets]
         dense = torch.zeros(len(users), self.num_items, device=users.device)
         dense[rows, columns] = 1.0
         return dense
@@ -104,11 +100,7 @@ class HistoryModel(FittedModel):
 
     def _sparse_history(self, users: torch.Tensor) -> torch.Tensor:
         """The users' training items as a ``(B, num_items)`` sparse CSR matrix of ones."""
-        starts, ends = self.history_indptr[users], self.history_indptr[users + 1]
-        counts = ends - starts
-        offsets = torch.arange(int(counts.sum()), device=users.device)
-        offsets = offsets - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        columns = self.history_indices[torch.repeat_interleave(starts, counts) + offsets]
+        columns, counts = row_columns(self.history_indptr, self.history_indices, users)
         crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         values = torch.ones(len(columns), device=users.device)
         with warnings.catch_warnings():  # "sparse CSR support is in beta": mm is what we use
