@@ -41,6 +41,8 @@ DOT = ["--factors", "64", "--batch-size", "2048", "--negatives", "1"]
 # LightGCN at the paper's settings (its defaults), trained until validation stops improving
 LONG = ["--epochs", "1000", "--patience", "100"]
 PLUS = ["--norm-alpha", "0.6", "--norm-beta", "-0.1", "--gamma", "0.2", "--unit-norm"]
+BY_PAIR = ["--sample-by", "positive"]
+VAE = ["--epochs", "200", "--patience", "50"]
 MODEL_OF = {"lightgcn++": "lightgcn"}  # grid entries that are settings of another model
 GRIDS: dict[str, dict[str, list[list[str]]]] = {
     "lastfm": {
@@ -54,8 +56,13 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         ],
         "bpr": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
         "mf": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
-        "lightgcn": [LONG],
-        "lightgcn++": [[*PLUS, *LONG]],
+        # the reference's sampling (lightgcn's default) and every training pair once an epoch;
+        # the LightGCN++ code's default of 2 layers
+        "lightgcn": [[*LONG, *BY_PAIR], LONG],
+        "lightgcn++": [[*PLUS, *LONG, *BY_PAIR], [*PLUS, *LONG], [*PLUS, *LONG, "--layers", "2"]],
+        # the paper's β schedule (200,000 steps: β ≈ 0.004 after LastFM's 800 steps) and one
+        # that reaches the cap 0.2 within the run
+        "multvae": [VAE, [*VAE, "--anneal-steps", "800"]],
     },
     "gowalla": {
         "pop": [[]],
@@ -67,6 +74,9 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         "bpr": [[*DOT, "--batch-size", "8192", "--lr", "0.003", "--epochs", "40"]],
         "mf": [[*DOT, "--batch-size", "8192", "--lr", "0.003", "--epochs", "40"]],
         "ease": [["--l2", str(v)] for v in (100, 500)],  # ~10 min a fit: last
+        "lightgcn": [["--fast"]],  # (chosen on validation: benchmarks/RESULTS.md, issue 26)
+        "lightgcn++": [[*PLUS, "--fast"]],
+        "multvae": [["--fast"]],
     },
 }
 
@@ -134,7 +144,7 @@ def main() -> None:
                 flush=True,
             )
         best = max(runs, key=lambda r: r["validation_ndcg@20"])
-        chosen.append(best)
+        chosen.append({**best, "label": model})
     (out / "chosen.json").write_text(json.dumps(chosen, indent=1))
     print(f"\n{name}, --mask train, test (settings and epoch chosen on validation NDCG@20)\n")
     print("| model | settings | R@10 | N@10 | R@20 | N@20 | R@40 | N@40 | wall s | peak MB |")
@@ -143,7 +153,7 @@ def main() -> None:
         figures = " | ".join(f"{r['test'][k]:.4f}" for k in KEYS)
         settings = " ".join(r["flags"]) + f" (epoch {r['epoch']})"
         print(
-            f"| torchcf {r['model']} | {settings} | {figures} | {r['wall_s']:.1f} | "
+            f"| torchcf {r['label']} | {settings} | {figures} | {r['wall_s']:.1f} | "
             f"{r['peak_mb']:.0f} |"
         )
     for row, (r10, n10, r40, n40) in PAPER[name].items():

@@ -152,6 +152,9 @@ def test_lightgcn_trains_serves_and_refuses_several_processes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert run_cli("recommend", str(tmp_path / "a"), "--user", "0").returncode == 0
     assert run_cli("evaluate", str(tmp_path / "a")).returncode == 0
+    folded = run_cli("recommend", str(tmp_path / "a"), "--items", "1,2")
+    assert folded.returncode == 2 and "cannot score a new user" in folded.stderr
+    assert len(folded.stderr.strip().splitlines()) == 1
     several = train(directory, tmp_path / "c", "lightgcn", "--nproc", "2")
     assert several.returncode == 2 and "trains in one process" in several.stderr
     with pytest.raises(ConfigError, match="does not take"):

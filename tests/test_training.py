@@ -35,6 +35,27 @@ def test_epoch_samples_are_exact_and_balanced():
     assert torch.equal(again[1], items) and not torch.equal(trainer.sampler.shuffled(2)[1], items)
 
 
+def test_sampling_by_user_weighs_every_user_the_same():
+    """LightGCN's sampling: a uniform user, then one of their items; as many as there are pairs."""
+    from torchcf.data.interactions import Interactions
+    from torchcf.training.epochs import EpochSampler
+
+    users = np.array([0] * 30 + [1] * 2 + [3])  # user 2 has no items: never drawn
+    items = np.array(list(range(30)) + [5, 7] + [9])
+    train = Interactions(users, items, 4, 40)
+    sampler = EpochSampler(train, 1, seed=3, device=torch.device("cpu"), by_user=True, pairs=True)
+    drawn_users, drawn_items, _ = sampler.shuffled(1)
+    assert len(drawn_users) == len(train)
+    counts = np.bincount(drawn_users[:, 0].numpy(), minlength=4)
+    assert counts[2] == 0 and counts.sum() == 33
+    many = np.concatenate([sampler.shuffled(e)[0][:, 0].numpy() for e in range(1, 200)])
+    share = np.bincount(many, minlength=4) / len(many)
+    np.testing.assert_allclose(share[[0, 1, 3]], 1 / 3, atol=0.02)  # not 30/33 for user 0
+    assert train.contains(drawn_users[:, 0].numpy(), drawn_items[:, 0].numpy()).all()
+    assert not train.contains(drawn_users[:, 0].numpy(), drawn_items[:, 1].numpy()).any()
+    assert torch.equal(sampler.shuffled(1)[1], drawn_items)  # keyed by (seed, epoch)
+
+
 def test_selection_records_both_views():
     model, split, config = _setup(epochs=5)
     fit = Trainer(model, split, config).fit()
@@ -54,6 +75,25 @@ def test_early_stopping():
     model, split, config = _setup(epochs=30, patience=1, learning_rate=0.3)
     fit = Trainer(model, split, config).fit()
     assert fit.stopped_early and len(fit.history) < 30
+
+
+def test_evaluating_every_n_epochs_trains_the_same_epochs():
+    model, split, config = _setup(epochs=7)
+    every = Trainer(model, split, config.replace(eval_every=3)).fit()
+    assert [r.epoch for r in every.history] == [3, 6, 7]  # and the last
+    straight_model, _, _ = _setup()
+    straight = Trainer(straight_model, split, config).fit()
+    by_epoch = {r.epoch: r for r in straight.history}
+    for record in every.history:  # the same epochs, so the same figures where both evaluated
+        assert record.metrics == by_epoch[record.epoch].metrics
+        assert record.loss == by_epoch[record.epoch].loss
+    # patience counts epochs since the best, not evaluations: 1 epoch of patience stops at the
+    # first evaluation that does not improve
+    model, split, config = _setup(epochs=30, patience=1, learning_rate=0.3)
+    fit = Trainer(model, split, config.replace(eval_every=4)).fit()
+    epochs = [r.epoch for r in fit.history]
+    assert fit.stopped_early and epochs == list(range(4, epochs[-1] + 1, 4))
+    assert fit.history[-1].score("validation") <= fit.selected.score("validation")
 
 
 def test_divergence_is_reported(monkeypatch):

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from torchcf.cli import blend, compare, evaluate, recommend, serve, train, tune
+from torchcf.cli import blend, compare, evaluate, export, recommend, serve, train, tune
 from torchcf.cli.common import Parser
 from torchcf.errors import TorchcfError
 
@@ -25,6 +25,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "recommend": recommend.recommend,
     "similar": recommend.similar,
     "serve": serve.run,
+    "export": export.run,
 }
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     recommend.add_parsers(sub)
     serve.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

@@ -153,6 +153,11 @@ class ScoringModel(nn.Module):
         the model has no single item embedding."""
         return None
 
+    def dot_vectors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(users × d, items × d)`` whose inner products are ``score_all``'s scores (biases
+        folded in as extra columns), or None when the scores are not inner products."""
+        return None
+
     def observe(self, train: Interactions) -> None:
         """Keep what the scores depend on besides parameters (a graph model's training graph);
         the trainer calls it once before training. Most models need nothing."""

@@ -56,6 +56,14 @@ class GMF(Factorisation):
         """``h ⊙ q_i``: scores are dot products of user rows with these."""
         return self.item_embedding.weight * self.head.weight[0]
 
+    def dot_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[h ⊙ p_u, 1] · [q_i, b]``: the head folded into the user side."""
+        users, items = self.user_embedding.weight, self.item_embedding.weight
+        return (
+            torch.cat([users * self.head.weight[0], users.new_ones(len(users), 1)], 1),
+            torch.cat([items, self.head.bias.expand(len(items), 1)], 1),
+        )
+
     def kernel_layout(self) -> KernelLayout | None:
         return DotLayout(
             self.user_embedding.weight,

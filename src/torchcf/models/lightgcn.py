@@ -242,6 +242,11 @@ class LightGCN(KeptRows, ScoringModel):
     def item_vectors(self) -> torch.Tensor:
         return self._scoring()[self.num_users :]
 
+    def dot_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The propagated embeddings of users and items."""
+        table = self._scoring()
+        return table[: self.num_users], table[self.num_users :]
+
 
 SPEC = ModelSpec(
     LightGCN,
@@ -252,6 +257,19 @@ SPEC = ModelSpec(
         "batch_size": 2048,
         "learning_rate": 0.001,
         "epochs": 100,
+        "sample_by": "user",  # (the reference code's sampling)
+    },
+    # chosen on Gowalla's validation file (benchmarks/RESULTS.md, issue 26): 8× the paper's
+    # batch (an epoch in 4 s there), 20× its rate decaying to 0 over 350 epochs, evaluated
+    # every 25 (a full-ranking pass costs more than an epoch)
+    recipes={
+        "fast": {
+            "batch_size": 16384,
+            "learning_rate": 0.02,
+            "lr_schedule": "cosine",
+            "epochs": 350,
+            "eval_every": 25,
+        }
     },
     search={
         "learning_rate": FloatRange(3e-4, 1e-2, log=True),

@@ -94,6 +94,18 @@ class MF(Factorisation):
             return dot
         return dot + self.user_bias(users) + self.item_bias.weight.T + self.global_bias
 
+    def dot_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``p_u · q_i``; with biases ``[p_u, b_u + g, 1] · [q_i, 1, b_i]``."""
+        users, items = self.user_embedding.weight, self.item_embedding.weight
+        if not self.biases:
+            return users, items
+        ones_u, ones_i = users.new_ones(len(users), 1), items.new_ones(len(items), 1)
+        user_bias = self.user_bias.weight + self.global_bias
+        return (
+            torch.cat([users, user_bias, ones_u], 1),
+            torch.cat([items, ones_i, self.item_bias.weight], 1),
+        )
+
     def kernel_layout(self) -> KernelLayout | None:
         if self.biases:  # the compiled step has no bias terms
             return None

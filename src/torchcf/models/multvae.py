@@ -199,6 +199,7 @@ SPEC = ModelSpec(
             "weight_decay",
             "optimizer",
             "loss",
+            "amp",
             "patience",
             "eval_every",
             "select_by",

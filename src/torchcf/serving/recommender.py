@@ -202,6 +202,11 @@ class Recommender:
                 for w, part in zip(model.weights, model.members, strict=True)
             ]
             return model.combine(scores)
+        if not model.folds_in_rows and not model.user_tables:
+            raise DataError(
+                f"{model.name} cannot score a new user from items (its users are nodes of the "
+                "training graph: retrain with them)"
+            )
         if model.folds_in_rows:
             with torch.no_grad():
                 index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(self.device)

@@ -60,6 +60,13 @@ class TrainConfig(Settings):
         flag="--negatives",
         check=between(1, 10_000),
     )
+    sample_by: str = setting(
+        "positive",
+        "what a training sample starts from: positive (every training pair once an epoch) or "
+        "user (LightGCN's code: a uniformly drawn user, then one of their items; as many as "
+        "there are pairs, every user weighing the same)",
+        choices=("positive", "user"),
+    )
     optimizer: str = setting(
         "adam", "adam, lazy-adam (sparse rows), sgd or adagrad", choices=OPTIMIZERS
     )

@@ -32,6 +32,9 @@ class EpochSampler:
     = (positive, fresh negative), one row per positive and negative; labels a placeholder.
     With ``rows`` (a model trained on whole user rows) the samples are the users that have
     training items, once each in a fresh order; items and labels are placeholders.
+    With ``by_user`` the positives are drawn as LightGCN's code draws them: each a uniformly
+    drawn user (among those with training items), then one of that user's items uniformly, as
+    many as there are training pairs; every user weighs the same, however many items they have.
     On a GPU the negatives are drawn on the device too, so an epoch's data never leaves it.
     """
 
@@ -44,6 +47,7 @@ class EpochSampler:
         *,
         pairs: bool = False,
         rows: bool = False,
+        by_user: bool = False,
         prefetch_until: int = 0,
     ) -> None:
         self.train = train
@@ -52,6 +56,11 @@ class EpochSampler:
         self.device = device
         self.pairs = pairs
         self.rows = rows
+        self.by_user = by_user
+        if by_user:  # each user's items (CSR) and the users that have some
+            csr = train.csr
+            self._indptr, self._indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
+            self._active = np.flatnonzero(np.diff(self._indptr))
         self.prefetch_until = prefetch_until  # last epoch to prefetch (0: no prefetching)
         self.pos_users = torch.tensor(train.users, device=device)
         self.pos_items = torch.tensor(train.items, device=device)
@@ -91,6 +100,8 @@ class EpochSampler:
         pos_users, pos_items = self.pos_users, self.pos_items
         if positives is not None:
             pos_users, pos_items = pos_users[positives], pos_items[positives]
+        if self.by_user:
+            pos_users, pos_items = self._user_draws(len(pos_users), rng)
         neg_users = pos_users.repeat_interleave(k)
         if self._known_keys is None:  # on the CPU: NumPy's sampler on the same memory
             negatives = torch.from_numpy(sample_negatives(self.train, neg_users.numpy(), rng))
@@ -109,6 +120,14 @@ class EpochSampler:
             labels[: len(pos_users)] = 1.0
         order = torch.randperm(len(users), generator=gen, device=self.device)
         return users, items, labels, order
+
+    def _user_draws(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` positives: uniform users, then a uniform item of each user's."""
+        users = self._active[rng.integers(0, len(self._active), n)]
+        starts, degree = self._indptr[users], np.diff(self._indptr)[users]
+        items = self._indices[starts + (rng.random(n) * degree).astype(np.int64)]
+        device = self.device
+        return torch.from_numpy(users).to(device), torch.from_numpy(items).to(device)
 
     def shuffled(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The whole epoch's ``(users, items, labels)`` in training order."""

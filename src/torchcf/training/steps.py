@@ -114,13 +114,16 @@ class ForwardLoss:
         self.model = model
         self.forward = _forward(model, config)
         self.keys = DropoutKeys(model, config.seed)
+        self.amp = config.amp
 
     def __call__(
         self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys.next_step()
         if self.model.row_training:  # the users' whole rows: the model's own per-user losses
-            losses = self.model.row_loss(users, self.keys.taken - 1)
+            device_type = users.device.type
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+                losses = self.model.row_loss(users, self.keys.taken - 1).float()
             return losses.detach(), losses.mean()
         logits = self.forward(users, items)
         loss = self.loss(logits, labels)

@@ -173,6 +173,7 @@ class Trainer:
             self.device,
             pairs=config.loss == "bpr",
             rows=model.row_training,
+            by_user=config.sample_by == "user",
             prefetch_until=config.epochs if config.prefetch else 0,
         )
         holdouts = [h for h in (split.test, split.validation) if h is not None]

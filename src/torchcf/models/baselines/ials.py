@@ -95,6 +95,9 @@ class IALS(FittedModel):
     def item_vectors(self) -> torch.Tensor | None:
         return self.item_embedding.weight
 
+    def dot_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_embedding.weight, self.item_embedding.weight
+
     @torch.no_grad()
     def fold_in_scores(self, items: torch.Tensor) -> torch.Tensor:
         """The exact iALS solve of one new user's row, item factors fixed."""
