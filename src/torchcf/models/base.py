@@ -227,8 +227,9 @@ class KeptRows(nn.Module):
         self.rows_indptr = torch.as_tensor(csr.indptr, dtype=torch.long).to(device)
         self.rows_indices = torch.as_tensor(csr.indices, dtype=torch.long).to(device)
 
-    def kept_nnz(self) -> dict[str, int]:
-        return {"nnz": int(self.rows_indices.numel())}
+    def hparams(self) -> dict[str, Any]:
+        """The model's settings and ``nnz``, which sizes the kept rows when it is loaded."""
+        return {"nnz": int(self.rows_indices.numel()), **super().hparams()}  # type: ignore[misc]
 
     def row_items(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The users' training items, concatenated, and each user's count."""

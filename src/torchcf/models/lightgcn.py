@@ -183,9 +183,6 @@ class LightGCN(KeptRows, ScoringModel):
         self._graph: tuple[tuple[int, ...], Graph] | None = None
         self._scores: tuple[tuple[int, ...], torch.Tensor] | None = None
 
-    def hparams(self) -> dict[str, Any]:
-        return {**self.kept_nnz(), **super().hparams()}
-
     def graph(self) -> Graph:
         """``Â`` of the kept training graph: built once, again only when the graph changes."""
         key = (self.rows_indices.data_ptr(), int(self.rows_indices.numel()))

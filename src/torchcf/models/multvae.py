@@ -103,9 +103,6 @@ class MultVAE(KeptRows, ScoringModel):
                 layer.bias.normal_(0.0, 0.001, generator=generator)
         self.keep_rows(num_users, nnz)
 
-    def hparams(self) -> dict[str, Any]:
-        return {**self.kept_nnz(), **super().hparams()}
-
     def encode(
         self,
         items: torch.Tensor,

@@ -60,7 +60,8 @@ class EpochSampler:
         if by_user:  # each user's items (CSR) and the users that have some
             csr = train.csr
             self._indptr, self._indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
-            self._active = np.flatnonzero(np.diff(self._indptr))
+            self._degree = np.diff(self._indptr)
+            self._active = np.flatnonzero(self._degree)
         self.prefetch_until = prefetch_until  # last epoch to prefetch (0: no prefetching)
         self.pos_users = torch.tensor(train.users, device=device)
         self.pos_items = torch.tensor(train.items, device=device)
@@ -124,7 +125,7 @@ class EpochSampler:
     def _user_draws(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` positives: uniform users, then a uniform item of each user's."""
         users = self._active[rng.integers(0, len(self._active), n)]
-        starts, degree = self._indptr[users], np.diff(self._indptr)[users]
+        starts, degree = self._indptr[users], self._degree[users]
         items = self._indices[starts + (rng.random(n) * degree).astype(np.int64)]
         device = self.device
         return torch.from_numpy(users).to(device), torch.from_numpy(items).to(device)
