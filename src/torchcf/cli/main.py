@@ -24,6 +24,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": evaluate.run,
     "recommend": recommend.recommend,
     "similar": recommend.similar,
+    "index": recommend.index,
     "serve": serve.run,
     "export": export.run,
 }

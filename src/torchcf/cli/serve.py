@@ -35,6 +35,12 @@ def add_parser(sub: Any) -> None:
         "--threads", type=int, default=1, help="torch CPU threads (default 1: requests are small)"
     )
     srv.add_argument("--titles", metavar="FILE", help="movies.dat or u.item for titles")
+    srv.add_argument(
+        "--ann",
+        action="store_true",
+        help="answer /recommend and /similar through the (first) run's faiss index (built on "
+        "first use; inner-product models only): for catalogues of 10^5+ items",
+    )
     srv.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
 
 
@@ -50,12 +56,19 @@ def run(args: argparse.Namespace) -> int:
     if len(args.runs) > 2:
         raise TorchcfError(f"serve takes one run, or two for the page; got {len(args.runs)}")
     loaded = [
-        (Recommender.load(r, unknown_user=args.unknown_user, titles=args.titles), _history(r))
-        for r in args.runs
+        (
+            Recommender.load(
+                r, unknown_user=args.unknown_user, titles=args.titles, ann=args.ann and i == 0
+            ),
+            _history(r),
+        )
+        for i, r in enumerate(args.runs)
     ]
     rec, history = loaded[0]
     where = f"http://{args.host}:{args.port}"
     print(f"serving {rec.name} from {args.runs[0]} on {where} (page: /, docs: /docs)")
+    for kind, ann in rec.ann.items():
+        print(f"--ann {kind}: {ann.info['index']}, recall@10 {ann.info['recall@10']:.4f}")
     if len(loaded) > 1:
         print(f"the page shows {loaded[1][0].name} from {args.runs[1]} beside it")
     serve(

@@ -30,7 +30,7 @@ from torchcf.io import atomic_directory
 from torchcf.models.base import ScoringModel
 from torchcf.models.registry import MODELS, restore
 
-__all__ = ["LoadedModel", "load_model", "save_model"]
+__all__ = ["LoadedModel", "load_model", "model_directory", "save_model"]
 
 FORMAT = "torchcf-model"
 FORMAT_VERSION = 1
@@ -93,11 +93,15 @@ def save_model(
     return path
 
 
+def model_directory(path: str | Path) -> Path:
+    """The model directory of ``path``: ``path/model`` for a run directory, else ``path``."""
+    path = Path(path)
+    return path / "model" if (path / "model" / "config.json").exists() else path
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model directory written by ``save_model``; ``DataError`` if it is not one."""
-    path = Path(path)
-    if (path / "model" / "config.json").exists():  # a run directory
-        path = path / "model"
+    path = model_directory(path)
     config_path = path / "config.json"
     if not config_path.exists():
         raise DataError(f"{path} is not a torchcf model directory (no config.json)")

@@ -15,26 +15,38 @@ with everything else frozen (fold-in).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch.func import functional_call
 
 from torchcf.data.loaders import load_item_info, load_title_map
 from torchcf.errors import ConfigError, DataError
-from torchcf.evaluation.protocols import rows_mask
+from torchcf.evaluation.sets import row_entries
 from torchcf.models.base import ScoringModel
 from torchcf.models.blend import Blend
-from torchcf.serving.persistence import LoadedModel, load_model
+from torchcf.serving.ann import SAMPLE as ANN_SAMPLE
+from torchcf.serving.ann import (
+    AnnIndex,
+    build_index,
+    load_indexes,
+    save_indexes,
+    weights_digest,
+)
+from torchcf.serving.persistence import LoadedModel, load_model, model_directory
+from torchcf.serving.vectors import dot_tables
 from torchcf.training.losses import bce_with_logits
 
 __all__ = ["UNKNOWN_USER_POLICIES", "FoldIn", "Recommender"]
 
 UNKNOWN_USER_POLICIES = ("error", "popular")
+SCORES_AT_ONCE = 1 << 26  # exact scoring works through users in blocks of this many scores
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class Recommender:
         tensors = [*self.model.parameters(), *self.model.buffers()]
         self.device = tensors[0].device if tensors else torch.device("cpu")
         self._pad = "" if self.item_map.ids.dtype.kind in "OUS" else -1
+        self.ann: dict[str, AnnIndex] = {}  # approximate top-k, when use_ann attached it
+        self._dot_users: np.ndarray | None = None
+        self._seen_keys: np.ndarray | None = None
 
     @classmethod
     def load(
@@ -91,19 +106,22 @@ class Recommender:
         device: str | torch.device = "cpu",
         unknown_user: str = "error",
         titles: str | Path | None = None,
+        ann: bool = False,
     ) -> Recommender:
         """Load a run (or model) directory. ``titles``: a ``movies.dat``/``u.item`` file; by
-        default the one recorded at training time, if it is still there."""
+        default the one recorded at training time, if it is still there. ``ann``: answer
+        through the directory's ANN index, built there first if there is none."""
         loaded = load_model(path, device=device)
         info = _find_item_info(loaded, titles)
-        if info is None:
-            return cls(loaded, unknown_user=unknown_user)
-        return cls(
+        rec = cls(
             loaded,
             unknown_user=unknown_user,
-            titles={item: title for item, (title, _) in info.items()},
-            genres={item: genres for item, (_, genres) in info.items()},
+            titles=None if info is None else {i: title for i, (title, _) in info.items()},
+            genres=None if info is None else {i: genres for i, (_, genres) in info.items()},
         )
+        if ann:
+            rec.use_ann(model_directory(path))
+        return rec
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -122,22 +140,57 @@ class Recommender:
         exclude_seen: bool = True,
         filter_items: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` item ids and scores for each user (see the module docstring)."""
+        """Top-``k`` item ids and scores for each user (see the module docstring); through the
+        ANN index when one is attached (``use_ann``) and every user is known."""
         scalar = np.ndim(user_ids) == 0
         users = self._user_indices(user_ids)
-        known = users >= 0
-        with torch.no_grad():
-            if known.all():
-                scores = self.model.score_all(torch.from_numpy(users).to(self.device)).float()
-            else:
-                scores = torch.from_numpy(self.popularity).to(self.device).repeat(len(users), 1)
-                if known.any():
-                    rows = torch.from_numpy(np.flatnonzero(known)).to(self.device)
-                    who = torch.from_numpy(users[known]).to(self.device)
-                    scores[rows] = self.model.score_all(who).float()
-        excluded = self._excluded(users if exclude_seen else None, len(users), filter_items)
-        ids, top = self._top_k(scores, excluded, k)
+        k = self._check_k(k)
+        filtered = self._filtered(filter_items)
+        if self.ann.get("recommend") is not None and (users >= 0).all():
+            positions, top = self._ann_recommend(users, k, exclude_seen, filtered)
+        else:
+            positions, top = self._exact_recommend(users, k, exclude_seen, filtered)
+        ids = self._ids(positions, top)
         return (ids[0], top[0]) if scalar else (ids, top)
+
+    def recommend_all(
+        self,
+        users: Any = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        filter_items: Any = None,
+        chunk: int | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        """Every user's top ``k`` (or ``users``'), as long tables (``user``, ``rank``, ``item``,
+        ``score``) of ``chunk`` users at a time: memory stays bounded however many users
+        there are. Ids are checked before the first chunk; padding (users with fewer than
+        ``k`` items left) is dropped."""
+        ids = self.user_map.ids if users is None else np.asarray(users, dtype=object)
+        self._user_indices(ids)  # unknown ids fail here, before any work
+        k = self._check_k(k)
+        self._filtered(filter_items)
+        if chunk is None:  # ~2^26 scores a chunk exactly; the index needs far less
+            exact = self.ann.get("recommend") is None
+            chunk = max(1, SCORES_AT_ONCE // self.num_items) if exact else 4096
+        return self._chunks(ids, chunk, k, exclude_seen, filter_items)
+
+    def _chunks(
+        self, ids: np.ndarray, chunk: int, k: int, exclude_seen: bool, filter_items: Any
+    ) -> Iterator[pd.DataFrame]:
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            items, scores = self.recommend(part, k, exclude_seen, filter_items)
+            keep = np.isfinite(scores)
+            frame = pd.DataFrame(
+                {
+                    "user": np.repeat(self._canonical_users(part), keep.sum(axis=1)),
+                    "rank": np.nonzero(keep)[1].astype(np.int32) + 1,
+                    "item": items[keep],
+                    "score": scores[keep],
+                }
+            )
+            frame.attrs["users"] = len(part)
+            yield frame
 
     def recommend_for_items(
         self,
@@ -150,30 +203,27 @@ class Recommender:
         items = np.unique(self.item_map.to_index(np.atleast_1d(item_ids), what="item"))
         if len(items) == 0:
             raise DataError("fold-in needs at least one item")
-        scores = self.fold_in_scores(items)[None, :]
-        excluded = self._excluded(None, 1, filter_items)
+        filtered = self._filtered(filter_items)
+        k = self._check_k(k)
+        scores = self.fold_in_scores(items).clone()
+        scores[torch.from_numpy(filtered).to(self.device)] = float("-inf")
         if exclude_seen:
-            excluded[0, torch.from_numpy(items)] = True
-        ids, top = self._top_k(scores, excluded, k)
-        return ids[0], top[0]
+            scores[torch.from_numpy(items).to(self.device)] = float("-inf")
+        values, positions = torch.topk(scores, min(k, self.num_items))
+        top = values.cpu().numpy()
+        return self._ids(positions.cpu().numpy(), top), top
 
     def similar_items(self, item_ids: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` items most cosine-similar to each item (itself excluded)."""
-        vectors = self.model.item_vectors()
-        if vectors is None:
-            raise ConfigError(
-                f"{self.name} has no single item embedding to compare items with; "
-                "use mf, gmf, mlp or ials"
-            )
+        """The ``k`` items most cosine-similar to each item (itself excluded); through the
+        ANN index when one is attached."""
         scalar = np.ndim(item_ids) == 0
         items = self.item_map.to_index(np.atleast_1d(item_ids), what="item")
-        with torch.no_grad():
-            unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
-            query = torch.from_numpy(items).to(self.device)
-            scores = unit[query] @ unit.T
-        excluded = torch.zeros_like(scores, dtype=torch.bool)
-        excluded[torch.arange(len(items)), query] = True
-        ids, top = self._top_k(scores, excluded, k)
+        k = self._check_k(k)
+        if self.ann.get("similar") is not None:
+            positions, top = self._ann_similar(items, k)
+        else:
+            positions, top = self._exact_similar(items, k)
+        ids = self._ids(positions, top)
         return (ids[0], top[0]) if scalar else (ids, top)
 
     def score(self, user_ids: Any, item_ids: Any) -> np.ndarray:
@@ -254,7 +304,111 @@ class Recommender:
             "torchcf_version": meta.get("torchcf_version"),
             "torch_version": meta.get("torch_version"),
             "unknown_user": self.unknown_user,
+            "ann": {kind: ann.info for kind, ann in self.ann.items()} or None,
         }
+
+    # -- approximate top-k --------------------------------------------------------------------
+
+    def ann_vectors(self) -> dict[str, np.ndarray]:
+        """The exact item vectors each index kind holds: the model's inner-product item vectors
+        (``recommend``) and its unit item vectors (``similar``), where the model has them;
+        a ``ConfigError`` naming the models that do when it has neither."""
+        out: dict[str, np.ndarray] = {}
+        vectors = self.model.dot_vectors()
+        if vectors is not None:
+            users, items = (v.detach().float().cpu().contiguous().numpy() for v in vectors)
+            self._dot_users, out["recommend"] = users, items
+        if vectors is not None and self.model.item_vectors() is not None:
+            out["similar"] = self._unit_items().cpu().contiguous().numpy()
+        if not out:
+            dot_tables(self.model)  # raises, naming the inner-product models
+        return out
+
+    def use_ann(self, model_dir: Path, target_recall: float = 0.98) -> None:
+        """Answer ``recommend`` and ``similar_items`` through the ANN index in ``model_dir``,
+        built (and saved there) when there is none; a stale index is refused."""
+        vectors = self.ann_vectors()
+        digest = weights_digest(model_dir)
+        indexes = load_indexes(model_dir, vectors, digest)
+        if indexes is None:
+            indexes = self.build_ann(vectors, target_recall)
+            save_indexes(model_dir, indexes, digest)
+        self.ann = indexes
+        keys = np.repeat(np.arange(self.seen.shape[0], dtype=np.int64), np.diff(self.seen.indptr))
+        self._seen_keys = np.sort(keys * self.num_items + self.seen.indices)
+
+    def build_ann(
+        self, vectors: dict[str, np.ndarray], target_recall: float = 0.98
+    ) -> dict[str, AnnIndex]:
+        """Fresh indexes over ``vectors`` (``ann_vectors``), nprobe tuned to ``target_recall``."""
+        rng = np.random.default_rng(0)
+        users = np.sort(rng.permutation(self.model.num_users)[:ANN_SAMPLE])
+        items = np.sort(rng.permutation(self.num_items)[:ANN_SAMPLE])
+        k = min(10, self.num_items)
+        truth = {
+            "recommend": lambda: self._exact_recommend(users, k, True, np.zeros(0, np.int64)),
+            "similar": lambda: self._exact_similar(items, k),
+        }
+        built = {}
+        for kind, table in vectors.items():
+            exact = truth[kind]()
+
+            def recall_of(ann: AnnIndex, kind: str = kind, exact: Any = exact) -> tuple[float, int]:
+                self.ann = {kind: ann}
+                found = (self._ann_recommend if kind == "recommend" else self._ann_similar)(
+                    users if kind == "recommend" else items, k, fallback=False
+                )
+                self.ann = {}
+                return _recall(exact, found), len(exact[0])
+
+            built[kind] = build_index(kind, table, recall_of, target_recall)
+        return built
+
+    def _ann_recommend(
+        self,
+        users: np.ndarray,
+        k: int,
+        exclude_seen: bool = True,
+        filtered: np.ndarray | None = None,
+        fallback: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        filtered = np.zeros(0, np.int64) if filtered is None else filtered
+        seen = self._seen_keys
+
+        def excluded(rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+            drop = np.isin(candidates, filtered)
+            if exclude_seen and seen is not None and len(seen):
+                keys = users[rows, None] * self.num_items + candidates
+                at = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
+                drop |= seen[at] == keys
+            return drop
+
+        counts = np.diff(self.seen.indptr)[users] if exclude_seen else np.zeros(1, np.int64)
+        assert self._dot_users is not None
+        positions, top, short = self.ann["recommend"].top_k(
+            self._dot_users[users],
+            min(k, self.num_items),
+            excluded,
+            int(counts.max(initial=0)) + len(filtered),
+        )
+        redo = np.flatnonzero(short & fallback)
+        if len(redo):  # the index came up short: those users are scored exactly
+            positions[redo], top[redo] = self._exact_recommend(
+                users[redo], k, exclude_seen, filtered
+            )
+        return positions, top
+
+    def _ann_similar(
+        self, items: np.ndarray, k: int, fallback: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ann = self.ann["similar"]
+        positions, top, short = ann.top_k(
+            ann.vectors[items], min(k, self.num_items), lambda rows, c: c == items[rows, None], 1
+        )
+        redo = np.flatnonzero(short & fallback)
+        if len(redo):
+            positions[redo], top[redo] = self._exact_similar(items[redo], k)
+        return positions, top
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -264,32 +418,88 @@ class Recommender:
             raise DataError(f"user ids must be a scalar or a list, got shape {ids.shape}")
         return self.user_map.to_index(ids, strict=self.unknown_user == "error", what="user")
 
-    def _excluded(self, users: np.ndarray | None, n: int, filter_items: Any) -> torch.Tensor:
-        """``(n, num_items)`` mask of items not to recommend: seen by known ``users``, filtered."""
-        mask = torch.zeros(n, self.num_items, dtype=torch.bool)
-        if users is not None:
-            known = np.flatnonzero(users >= 0)  # unknown (popular-fallback) users saw nothing
-            mask[torch.from_numpy(known)] = rows_mask(self.seen, users[known], self.num_items)
-        if filter_items is not None:
-            filtered = self.item_map.to_index(np.atleast_1d(filter_items), what="item")
-            mask[:, torch.from_numpy(filtered)] = True
-        return mask.to(self.device)
+    def _canonical_users(self, ids: np.ndarray) -> np.ndarray:
+        """Known ids as the training data spells them (``"7"`` → ``7``), unknown ones as given."""
+        index = self._user_indices(ids)
+        known = self.user_map.ids[np.maximum(index, 0)]
+        return known if (index >= 0).all() else np.where(index >= 0, known, ids)
 
-    def _top_k(
-        self, scores: torch.Tensor, excluded: torch.Tensor, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _check_k(k: Any) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
-        k = min(int(k), scores.shape[1])
-        masked = scores.masked_fill(excluded, float("-inf"))
-        values, positions = torch.topk(masked, k, dim=1)
-        top = values.cpu().numpy()
-        ids = self.item_map.to_id(positions.cpu().numpy())
+        return int(k)
+
+    def _filtered(self, filter_items: Any) -> np.ndarray:
+        """Dense indices of ``filter_items`` (unknown ids are an error), sorted and unique."""
+        if filter_items is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(self.item_map.to_index(np.atleast_1d(filter_items), what="item"))
+
+    def _exact_recommend(
+        self, users: np.ndarray, k: int, exclude_seen: bool, filtered: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score every item for ``users``, ~2^26 scores at a time (bounded memory on large
+        catalogues), seen (of known users) and filtered items set to ``-inf`` in place."""
+        step = max(1, SCORES_AT_ONCE // self.num_items)
+        parts = [
+            self._exact_part(users[s : s + step], k, exclude_seen, filtered)
+            for s in range(0, max(len(users), 1), step)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    @torch.no_grad()
+    def _exact_part(
+        self, users: np.ndarray, k: int, exclude_seen: bool, filtered: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        known = users >= 0
+        if known.all():
+            scores = self.model.score_all(torch.from_numpy(users).to(self.device)).float()
+        else:
+            scores = torch.from_numpy(self.popularity).to(self.device).repeat(len(users), 1)
+            if known.any():
+                rows = torch.from_numpy(np.flatnonzero(known)).to(self.device)
+                who = torch.from_numpy(users[known]).to(self.device)
+                scores[rows] = self.model.score_all(who).float()
+        if exclude_seen:  # unknown (popular-fallback) users saw nothing
+            row_of, columns = row_entries(self.seen, np.where(known, users, 0))
+            hit = torch.from_numpy(known)[row_of]
+            scores[row_of[hit].to(self.device), columns[hit].to(self.device)] = float("-inf")
+        scores[:, torch.from_numpy(filtered).to(self.device)] = float("-inf")
+        values, positions = torch.topk(scores, min(k, self.num_items), dim=1)
+        return positions.cpu().numpy(), values.cpu().numpy()
+
+    def _exact_similar(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        unit = self._unit_items()
+        step = max(1, SCORES_AT_ONCE // self.num_items)
+        positions, top = [], []
+        for start in range(0, max(len(items), 1), step):
+            query = torch.from_numpy(items[start : start + step]).to(self.device)
+            with torch.no_grad():
+                scores = unit[query] @ unit.T
+                scores[torch.arange(len(query)), query] = float("-inf")
+                values, where = torch.topk(scores, min(k, self.num_items), dim=1)
+            positions.append(where.cpu().numpy())
+            top.append(values.cpu().numpy())
+        return np.concatenate(positions), np.concatenate(top)
+
+    def _unit_items(self) -> torch.Tensor:
+        vectors = self.model.item_vectors()
+        if vectors is None:
+            raise ConfigError(
+                f"{self.name} has no single item embedding to compare items with; "
+                "use mf, gmf, mlp or ials"
+            )
+        return torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+
+    def _ids(self, positions: np.ndarray, top: np.ndarray) -> np.ndarray:
+        """External ids of item ``positions``; padding (score ``-inf``) as the pad id."""
+        ids = self.item_map.to_id(positions)
         padding = np.isneginf(top)
         if padding.any():
             ids = ids.astype(object) if self._pad == "" else ids
             ids[padding] = self._pad
-        return ids, top
+        return ids
 
     def _fit_user(self, model: ScoringModel, items: np.ndarray) -> dict[str, torch.Tensor]:
         """Parameters of ``model`` with every user table replaced by one fitted row."""
@@ -319,6 +529,16 @@ class Recommender:
             loss.backward()
             optimizer.step()
         return {**params, **{name: row.detach() for name, row in rows.items()}}
+
+
+def _recall(exact: tuple[np.ndarray, np.ndarray], found: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean share of each query's exact top-k (its finite entries) that ``found`` also has."""
+    hits, total = 0, 0
+    for want, want_scores, got, got_scores in zip(*exact, *found, strict=True):
+        want = want[np.isfinite(want_scores)]
+        hits += len(np.intersect1d(want, got[np.isfinite(got_scores)]))
+        total += len(want)
+    return hits / max(total, 1)
 
 
 def _plain(value: Any) -> Any:
