@@ -57,9 +57,13 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         "bpr": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
         "mf": [[*DOT, "--lr", str(lr), "--epochs", "60"] for lr in (0.001, 0.003)],
         # (every training pair once an epoch: the reference's user-uniform sampling, lightgcn's
-        # default since, is not yet run on LastFM)
+        # default since, is run for LightGCN++ only; one thread each, two runs side by side)
         "lightgcn": [[*LONG, *BY_PAIR]],
-        "lightgcn++": [[*PLUS, *LONG, *BY_PAIR]],
+        "lightgcn++": [
+            [*PLUS, *LONG, *BY_PAIR],
+            [*PLUS, *LONG, *BY_PAIR, "--layers", "2", "--threads", "1"],  # the ++ code's default
+            [*PLUS, *LONG, "--threads", "1"],  # the reference's sampling
+        ],
         "multvae": [VAE],  # (the paper's β schedule: β ≈ 0.004 after LastFM's 800 steps)
     },
     "gowalla": {

@@ -6,6 +6,9 @@ Starts the real server on a free 127.0.0.1 port, waits for /health, sends ``--re
 never runs longer than the requests take (plus a 60 s start-up limit) and touches no network.
 
     .venv/bin/python benchmarks/serve_load.py --run RUN_DIR [--requests 10000] [--clients 8]
+
+``--ann`` runs the same requests twice, against ``torchcf serve`` and ``torchcf serve --ann``
+(one server at a time), and prints the two side by side with the latency ratios.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def wait_healthy(port: int, server: subprocess.Popen, limit: float = 60.0) -> No
                 return
         except OSError:
             time.sleep(0.2)
-    raise SystemExit("server did not become healthy within 60 s")
+    raise SystemExit(f"server did not become healthy within {limit:.0f} s")
 
 
 def client(port: int, paths: list[str], latencies: list[float], errors: list[str]) -> None:
@@ -87,6 +90,10 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ann", action="store_true", help="also serve --ann; print both")
+    parser.add_argument(
+        "--start-limit", type=float, default=60.0, help="seconds a server may take to start"
+    )
     args = parser.parse_args()
 
     model_dir = Path(args.run) / "model" if (Path(args.run) / "model").exists() else Path(args.run)
@@ -96,36 +103,52 @@ def main() -> None:
     picks = rng.choice(len(users), size=args.requests + 200)
     paths = [f"/recommend?user={users[i]}&k={args.k}" for i in picks]
 
-    port = free_port()
-    command = [sys.executable, "-m", "torchcf", "serve", str(args.run), "--port", str(port)]
-    command += ["--threads", str(args.threads)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ})
-    try:
-        wait_healthy(port, server)
-        run_clients(port, paths[:200], args.clients)  # warm-up, not counted
-        latencies, errors, wall = run_clients(port, paths[200:], args.clients)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-    ms = np.array(latencies) * 1e3
+    modes = [[], ["--ann"]] if args.ann else [[]]
+    results = {}
+    for extra in modes:
+        label = "serve --ann" if extra else "serve"
+        ms, errors, wall = load(args, paths, extra)
+        results[label] = ms
+        print(
+            f"{label:12s} requests {len(ms)}  errors {len(errors)}  wall {wall:.2f}s  "
+            f"throughput {len(ms) / wall:,.0f} req/s  latency ms: "
+            + "  ".join(f"p{q} {np.percentile(ms, q):.2f}" for q in (50, 90, 99))
+            + f"  max {ms.max():.2f}"
+        )
+        if errors:
+            print("first errors:", *errors[:5], sep="\n  ")
+            raise SystemExit(1)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; server: torchcf serve "
         f"({model}, {len(users)} users), {args.threads} torch thread(s); clients: {args.clients} "
         f"threads, keep-alive, loopback"
     )
-    print(
-        f"requests {len(ms)}  errors {len(errors)}  wall {wall:.2f}s  "
-        f"throughput {len(ms) / wall:,.0f} req/s"
-    )
-    print(
-        "latency ms: "
-        + "  ".join(f"p{q} {np.percentile(ms, q):.2f}" for q in (50, 90, 99))
-        + f"  max {ms.max():.2f}"
-    )
-    if errors:
-        print("first errors:", *errors[:5], sep="\n  ")
-        raise SystemExit(1)
+    if args.ann:
+        exact, ann = results["serve"], results["serve --ann"]
+        print(
+            "exact / ann latency: "
+            + "  ".join(
+                f"p{q} {np.percentile(exact, q) / np.percentile(ann, q):.1f}x" for q in (50, 99)
+            )
+        )
+
+
+def load(
+    args: argparse.Namespace, paths: list[str], extra: list[str]
+) -> tuple[np.ndarray, list[str], float]:
+    """Start a server (``extra``: its flags), warm it, time ``paths`` from the clients."""
+    port = free_port()
+    command = [sys.executable, "-m", "torchcf", "serve", str(args.run), "--port", str(port)]
+    command += ["--threads", str(args.threads), *extra]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ})
+    try:
+        wait_healthy(port, server, limit=args.start_limit)
+        run_clients(port, paths[:200], args.clients)  # warm-up, not counted
+        latencies, errors, wall = run_clients(port, paths[200:], args.clients)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return np.array(latencies) * 1e3, errors, wall
 
 
 if __name__ == "__main__":

@@ -76,11 +76,11 @@ def test_the_index_is_built_once_tuned_and_reported(mf_dir, approx):
     card = approx.card()["ann"]
     assert set(card) == {"recommend", "similar"}
     for kind, info in card.items():
-        assert info["recall@10"] >= 0.98 and 1 <= info["nprobe"] <= info["lists"]
-        assert info["lists"] > 1
+        assert info["recall@10"] >= 0.97 and info["effort"] >= 1
+        assert info["setting"] == ("efSearch" if kind == "recommend" else "nprobe")
         assert info["recall_queries"] == (USERS if kind == "recommend" else 1000)
     saved = json.loads((mf_dir / "ann" / "index.json").read_text())
-    assert saved["indexes"]["recommend"]["nprobe"] == card["recommend"]["nprobe"]
+    assert saved["indexes"]["recommend"]["effort"] == card["recommend"]["effort"]
     again = Recommender.load(mf_dir, ann=True)  # loaded, not rebuilt
     assert again.card()["ann"] == card
 
@@ -145,7 +145,7 @@ def test_models_without_an_inner_product_form_say_so(tmp_path, capsys):
 def test_serving_through_the_index(approx, exact):
     client = TestClient(create_app(approx))
     card = client.get("/model").json()
-    assert card["ann"]["recommend"]["recall@10"] >= 0.98
+    assert card["ann"]["recommend"]["recall@10"] >= 0.97
     got = client.get("/recommend", params={"user": 5, "k": 10}).json()["items"]
     assert [row["item"] for row in got] == list(approx.recommend(5, k=10)[0])
     assert client.get("/similar", params={"item": 3, "k": 5}).status_code == 200

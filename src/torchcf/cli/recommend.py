@@ -71,12 +71,12 @@ def add_parsers(sub: Any) -> None:
         "index",
         help="build the approximate top-k index of a run (for --ann)",
         description="Build the faiss indexes --ann answers from (inner-product recommendations "
-        "and cosine similar items) into the model directory, replacing an older one; nprobe is "
-        "the smallest whose recall@10 against exact ranking reaches --target-recall.",
+        "and cosine similar items) into the model directory, replacing an older one; the search "
+        "effort is the smallest whose recall@10 against exact ranking reaches --target-recall.",
     )
     index.add_argument("run", metavar="RUN_DIR", help="a run directory (or its model/)")
     index.add_argument(
-        "--target-recall", type=float, default=0.98, help="recall@10 to reach (default 0.98)"
+        "--target-recall", type=float, default=0.97, help="recall@10 to reach (default 0.97)"
     )
 
 

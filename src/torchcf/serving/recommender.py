@@ -98,6 +98,7 @@ class Recommender:
         self.ann: dict[str, AnnIndex] = {}  # approximate top-k, when use_ann attached it
         self._dot_users: np.ndarray | None = None
         self._seen_keys: np.ndarray | None = None
+        self._degrees = np.diff(self.seen.indptr)
 
     @classmethod
     def load(
@@ -324,7 +325,7 @@ class Recommender:
             dot_tables(self.model)  # raises, naming the inner-product models
         return out
 
-    def use_ann(self, model_dir: Path, target_recall: float = 0.98) -> None:
+    def use_ann(self, model_dir: Path, target_recall: float = 0.97) -> None:
         """Answer ``recommend`` and ``similar_items`` through the ANN index in ``model_dir``,
         built (and saved there) when there is none; a stale index is refused."""
         vectors = self.ann_vectors()
@@ -334,11 +335,9 @@ class Recommender:
             indexes = self.build_ann(vectors, target_recall)
             save_indexes(model_dir, indexes, digest)
         self.ann = indexes
-        keys = np.repeat(np.arange(self.seen.shape[0], dtype=np.int64), np.diff(self.seen.indptr))
-        self._seen_keys = np.sort(keys * self.num_items + self.seen.indices)
 
     def build_ann(
-        self, vectors: dict[str, np.ndarray], target_recall: float = 0.98
+        self, vectors: dict[str, np.ndarray], target_recall: float = 0.97
     ) -> dict[str, AnnIndex]:
         """Fresh indexes over ``vectors`` (``ann_vectors``), nprobe tuned to ``target_recall``."""
         rng = np.random.default_rng(0)
@@ -373,26 +372,28 @@ class Recommender:
         fallback: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         filtered = np.zeros(0, np.int64) if filtered is None else filtered
+        if self._seen_keys is None:  # (user, item) keys of the seen pairs, sorted, made once
+            rows = np.repeat(
+                np.arange(self.seen.shape[0], dtype=np.int64), np.diff(self.seen.indptr)
+            )
+            self._seen_keys = np.sort(rows * self.num_items + self.seen.indices)
         seen = self._seen_keys
 
         def excluded(rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-            drop = np.isin(candidates, filtered)
-            if exclude_seen and seen is not None and len(seen):
+            drop = np.isin(candidates, filtered) if len(filtered) else candidates < 0
+            if exclude_seen and len(seen):
                 keys = users[rows, None] * self.num_items + candidates
                 at = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
                 drop |= seen[at] == keys
             return drop
 
-        counts = np.diff(self.seen.indptr)[users] if exclude_seen else np.zeros(1, np.int64)
+        counts = self._degrees[users] if exclude_seen else np.zeros(len(users), np.int64)
         assert self._dot_users is not None
-        positions, top, short = self.ann["recommend"].top_k(
-            self._dot_users[users],
-            min(k, self.num_items),
-            excluded,
-            int(counts.max(initial=0)) + len(filtered),
+        positions, top, short, heavy = self.ann["recommend"].top_k(
+            self._dot_users[users], min(k, self.num_items), excluded, counts + len(filtered)
         )
-        redo = np.flatnonzero(short & fallback)
-        if len(redo):  # the index came up short: those users are scored exactly
+        redo = np.flatnonzero((short & fallback) | heavy)
+        if len(redo):  # the index came up short (or was not asked): scored exactly
             positions[redo], top[redo] = self._exact_recommend(
                 users[redo], k, exclude_seen, filtered
             )
@@ -402,8 +403,11 @@ class Recommender:
         self, items: np.ndarray, k: int, fallback: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         ann = self.ann["similar"]
-        positions, top, short = ann.top_k(
-            ann.vectors[items], min(k, self.num_items), lambda rows, c: c == items[rows, None], 1
+        positions, top, short, _ = ann.top_k(
+            ann.vectors[items],
+            min(k, self.num_items),
+            lambda rows, c: c == items[rows, None],
+            np.ones(len(items), np.int64),
         )
         redo = np.flatnonzero(short & fallback)
         if len(redo):
