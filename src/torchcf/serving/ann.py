@@ -144,7 +144,7 @@ def _hnsw(data: np.ndarray) -> Any:
     """A graph index for inner products (HNSW, 32 links a node)."""
     faiss = _faiss()
     index = faiss.IndexHNSWFlat(data.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 100  # (a better graph: less search for the same recall)
+    index.hnsw.efConstruction = 200  # (a better graph: less search for the same recall)
     index.add(data)
     return index
 
