@@ -160,7 +160,6 @@ def similar(args: argparse.Namespace) -> int:
 def index(args: argparse.Namespace) -> int:
     import math
 
-    from torchcf.serving.ann import save_indexes, weights_digest
     from torchcf.serving.persistence import model_directory
     from torchcf.serving.recommender import Recommender
 
@@ -168,10 +167,9 @@ def index(args: argparse.Namespace) -> int:
         raise TorchcfError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     rec = Recommender.load(args.run)
     model_dir = model_directory(args.run)
-    indexes = rec.build_ann(rec.ann_vectors(), args.target_recall)
-    where = save_indexes(model_dir, indexes, weights_digest(model_dir))
-    print(f"wrote {where}")
-    for kind, ann in indexes.items():
+    rec.use_ann(model_dir, args.target_recall, rebuild=True)
+    print(f"wrote {model_dir / 'ann'}")
+    for kind, ann in rec.ann.items():
         info = ann.info
         print(
             f"  {kind}: {info['index']}; recall@10 {info['recall@10']:.4f} against exact on "

@@ -15,7 +15,7 @@ with everything else frozen (fold-in).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,7 @@ class Recommender:
         self._dot_users: np.ndarray | None = None
         self._seen_keys: np.ndarray | None = None
         self._degrees = np.diff(self.seen.indptr)
+        self._unit: torch.Tensor | None = None
 
     @classmethod
     def load(
@@ -325,12 +326,12 @@ class Recommender:
             dot_tables(self.model)  # raises, naming the inner-product models
         return out
 
-    def use_ann(self, model_dir: Path, target_recall: float = 0.97) -> None:
+    def use_ann(self, model_dir: Path, target_recall: float = 0.97, rebuild: bool = False) -> None:
         """Answer ``recommend`` and ``similar_items`` through the ANN index in ``model_dir``,
-        built (and saved there) when there is none; a stale index is refused."""
+        built (and saved there) when there is none or ``rebuild``; a stale one is refused."""
         vectors = self.ann_vectors()
         digest = weights_digest(model_dir)
-        indexes = load_indexes(model_dir, vectors, digest)
+        indexes = None if rebuild else load_indexes(model_dir, vectors, digest)
         if indexes is None:
             indexes = self.build_ann(vectors, target_recall)
             save_indexes(model_dir, indexes, digest)
@@ -445,11 +446,17 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score every item for ``users``, ~2^26 scores at a time (bounded memory on large
         catalogues), seen (of known users) and filtered items set to ``-inf`` in place."""
+        return self._in_blocks(
+            users, lambda part: self._exact_part(part, k, exclude_seen, filtered)
+        )
+
+    def _in_blocks(
+        self, rows: np.ndarray, top: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``top`` (positions and scores of a block of queries) over ``rows`` in blocks of
+        ~2^26 scores, concatenated: exact scoring's memory is bounded on large catalogues."""
         step = max(1, SCORES_AT_ONCE // self.num_items)
-        parts = [
-            self._exact_part(users[s : s + step], k, exclude_seen, filtered)
-            for s in range(0, max(len(users), 1), step)
-        ]
+        parts = [top(rows[s : s + step]) for s in range(0, max(len(rows), 1), step)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     @torch.no_grad()
@@ -475,26 +482,28 @@ class Recommender:
 
     def _exact_similar(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         unit = self._unit_items()
-        step = max(1, SCORES_AT_ONCE // self.num_items)
-        positions, top = [], []
-        for start in range(0, max(len(items), 1), step):
-            query = torch.from_numpy(items[start : start + step]).to(self.device)
-            with torch.no_grad():
-                scores = unit[query] @ unit.T
-                scores[torch.arange(len(query)), query] = float("-inf")
-                values, where = torch.topk(scores, min(k, self.num_items), dim=1)
-            positions.append(where.cpu().numpy())
-            top.append(values.cpu().numpy())
-        return np.concatenate(positions), np.concatenate(top)
+
+        @torch.no_grad()
+        def top(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            query = torch.from_numpy(part).to(self.device)
+            scores = unit[query] @ unit.T
+            scores[torch.arange(len(query)), query] = float("-inf")
+            values, where = torch.topk(scores, min(k, self.num_items), dim=1)
+            return where.cpu().numpy(), values.cpu().numpy()
+
+        return self._in_blocks(items, top)
 
     def _unit_items(self) -> torch.Tensor:
-        vectors = self.model.item_vectors()
-        if vectors is None:
-            raise ConfigError(
-                f"{self.name} has no single item embedding to compare items with; "
-                "use mf, gmf, mlp or ials"
-            )
-        return torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+        """The unit item vectors ``similar`` compares, made once (the model is frozen here)."""
+        if self._unit is None:
+            vectors = self.model.item_vectors()
+            if vectors is None:
+                raise ConfigError(
+                    f"{self.name} has no single item embedding to compare items with; "
+                    "use mf, gmf, mlp or ials"
+                )
+            self._unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+        return self._unit
 
     def _ids(self, positions: np.ndarray, top: np.ndarray) -> np.ndarray:
         """External ids of item ``positions``; padding (score ``-inf``) as the pad id."""
