@@ -63,6 +63,7 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
             [*PLUS, *LONG, *BY_PAIR],
             [*PLUS, *LONG, *BY_PAIR, "--layers", "2", "--threads", "1"],  # the ++ code's default
             [*PLUS, *LONG, "--threads", "1"],  # the reference's sampling
+            [*PLUS, *LONG, "--layers", "2", "--threads", "1"],  # both
         ],
         "multvae": [VAE],  # (the paper's β schedule: β ≈ 0.004 after LastFM's 800 steps)
     },

@@ -180,3 +180,39 @@ def test_runs_without_validation_blend_only_with_given_weights(tmp_path):
     assert not (tmp_path / "auto").exists()
     summary = blend_runs(runs, tmp_path / "given", weights=[1, 1], echo=lambda _: None)
     assert set(summary["selected"]) == {"by", "test"} and summary["selected"]["by"] == "given"
+
+
+def test_weight_search_on_held_out_sets_scores_each_part_once(runs, tmp_path):
+    """The set search scores a block of users once per part and ranks every weighting from
+    those rows: its table equals ranking each weighting's ``Blend`` directly, over blocks of
+    any size (here 7 users: several blocks, the last one short)."""
+    import numpy as np
+
+    from torchcf.data.sources import load_split
+    from torchcf.data.split import SplitConfig
+    from torchcf.evaluation.sets import set_metrics, set_positions
+    from torchcf.runs.blend import search_weights_sets
+
+    write_ml1m(tmp_path / "ratings.dat", tiny_rows(num_users=30, num_items=24, per_user=8))
+    split = load_split(DataSpec(path=str(tmp_path / "ratings.dat")),
+                       SplitConfig(split="ratio", mask="train"))[0]  # fmt: skip
+    assert split.ranking == "sets" and split.validation is not None
+    models = [load_model(runs[name]).model for name in ("ials", "ease", "mf")]
+    calls = {"n": 0}
+    first = models[0].score_all
+
+    def counted(users):
+        calls["n"] += 1
+        return first(users)
+
+    models[0].score_all = counted  # type: ignore[method-assign]
+    table = search_weights_sets(models, split, 5, block_users=7)
+    held, exclude = split.sets(split.validation), split.exclude(split.validation)
+    assert calls["n"] == -(-len(held) // 7)  # once per block, not once per weighting
+    assert len(table) == 66
+    for row in table:
+        positions, _ = set_positions(Blend.of(models, row["weights"]), held, exclude, 5)
+        values = set_metrics(positions, held.indptr, (5,))
+        for metric in ("recall@5", "ndcg@5"):
+            assert row[metric] == pytest.approx(float(np.mean(values[metric])), abs=1e-12)
+    assert len({round(r["ndcg@5"], 9) for r in table}) > 1  # the weights change the ranking

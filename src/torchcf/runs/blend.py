@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from torchcf.data.split import Holdout, Split
 from torchcf.errors import ConfigError
 from torchcf.evaluation.metrics import hit_rate, ndcg, positive_ranks
-from torchcf.evaluation.sets import set_metrics, set_positions
+from torchcf.evaluation.sets import BLOCK_FLOATS, set_metrics, set_positions
 from torchcf.io import atomic_directory
 from torchcf.models.base import ScoringModel
 from torchcf.models.blend import Blend, standardise, weighted_sum
@@ -85,18 +86,59 @@ def search_weights(models: list[ScoringModel], holdout: Holdout, k: int) -> list
     return table
 
 
-def search_weights_sets(models: list[ScoringModel], split: Split, cut: int) -> list[dict[str, Any]]:
+def search_weights_sets(
+    models: list[ScoringModel], split: Split, cut: int, block_users: int | None = None
+) -> list[dict[str, Any]]:
     """Held-out sets: Recall@cut and NDCG@cut on validation of every grid point (each point's
-    blend ranks every unmasked item), in grid order."""
+    blend ranks every unmasked item), in grid order.
+
+    Users are taken in blocks (``block_users``; default: ``BLOCK_FLOATS`` scores a part): each
+    part scores and standardises a block once, and every weighting of the grid is ranked from
+    those rows, so a part is scored once, not once per weighting."""
     assert split.validation is not None
     held, exclude = split.sets(split.validation), split.exclude(split.validation)
-    table = []
-    for weights in simplex_grid(len(models)):
-        positions, _ = set_positions(Blend.of(models, list(weights)), held, exclude, cut)
-        values = set_metrics(positions, held.indptr, (cut,))
-        means = {m: float(values[metric_key(m, cut)].mean()) for m in ("recall", "ndcg")}
-        table.append({"weights": list(weights), **metrics_at(means, cut)})
-    return table
+    grid = simplex_grid(len(models))
+    num_items = models[0].num_items
+    if block_users is None:
+        block_users = max(1, BLOCK_FLOATS // max(1, num_items))
+    found: list[dict[str, list[np.ndarray]]] = [{"recall": [], "ndcg": []} for _ in grid]
+    training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    for lo in range(0, len(held), block_users):
+        share = held.share(lo, min(lo + block_users, len(held)))
+        users = torch.as_tensor(share.users)
+        with torch.no_grad():
+            terms = [standardise(m.score_all(users).float()) for m in models]
+        for weights, table in zip(grid, found, strict=True):
+            combined = _Combined(num_items, weights, terms)
+            positions, _ = set_positions(combined, share, exclude, cut, batch_users=len(share))
+            values = set_metrics(positions, share.indptr, (cut,))
+            for name, kept in table.items():
+                kept.append(values[metric_key(name, cut)])
+    for m, was in zip(models, training, strict=True):
+        m.train(was)
+    rows = []
+    for weights, table in zip(grid, found, strict=True):
+        means = {name: float(np.concatenate(v).mean()) for name, v in table.items()}
+        rows.append({"weights": list(weights), **metrics_at(means, cut)})
+    return rows
+
+
+class _Combined(torch.nn.Module):
+    """One block of users' blend scores at ``weights``, from the parts' standardised rows
+    (``terms``, each ``(B, I)``): a fresh sum on every call, as ``set_positions`` masks in
+    place."""
+
+    def __init__(
+        self, num_items: int, weights: tuple[float, ...], terms: list[torch.Tensor]
+    ) -> None:
+        super().__init__()
+        self.num_items, self.weights, self.terms = num_items, weights, terms
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        assert len(users) == len(self.terms[0])
+        return weighted_sum(self.weights, list(self.terms))
 
 
 def _parse_weights(weights: Sequence[float], parts: int) -> list[float]:
