@@ -22,7 +22,7 @@ def test_fast_recipe():
     assert fast.train.lr_schedule == "cosine" and fast.train.learning_rate == 0.03
     assert recipe("mf", recipes=("fast",)).train.learning_rate == 0.01
     assert recipe("gmf", {"epochs": 3}, recipes=("fast",)).train.epochs == 3  # explicit flags win
-    listed = "fast recipe exists for mf, gmf, mlp, neumf and lightgcn, not"
+    listed = "fast recipe exists for mf, gmf, mlp, neumf, lightgcn and multvae, not"
     with pytest.raises(ConfigError, match=listed):
         recipe("ease", recipes=("fast",))
     # the towers' fast recipes take bfloat16 products where the CPU multiplies them natively
@@ -31,7 +31,7 @@ def test_fast_recipe():
     assert recipe("gmf", recipes=("fast",)).train.amp is False
 
 
-@pytest.mark.parametrize("key", ["mf", "gmf", "mlp", "neumf", "neumf-pre"])
+@pytest.mark.parametrize("key", ["mf", "gmf", "mlp", "neumf", "neumf-pre", "multvae"])
 def test_what_fast_applies(key):
     """``--fast`` (train and compare) applies the model's fast recipe, every setting of it,
     on top of its own defaults; a setting given explicitly wins; neumf-pre is fine-tuned by

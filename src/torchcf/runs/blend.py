@@ -103,21 +103,23 @@ def search_weights_sets(
         block_users = max(1, BLOCK_FLOATS // max(1, num_items))
     found: list[dict[str, list[np.ndarray]]] = [{"recall": [], "ndcg": []} for _ in grid]
     training = [m.training for m in models]
-    for m in models:
-        m.eval()
-    for lo in range(0, len(held), block_users):
-        share = held.share(lo, min(lo + block_users, len(held)))
-        users = torch.as_tensor(share.users)
-        with torch.no_grad():
-            terms = [standardise(m.score_all(users).float()) for m in models]
-        for weights, table in zip(grid, found, strict=True):
-            combined = _Combined(num_items, weights, terms)
-            positions, _ = set_positions(combined, share, exclude, cut, batch_users=len(share))
-            values = set_metrics(positions, share.indptr, (cut,))
-            for name, kept in table.items():
-                kept.append(values[metric_key(name, cut)])
-    for m, was in zip(models, training, strict=True):
-        m.train(was)
+    try:
+        for m in models:
+            m.eval()
+        for lo in range(0, len(held), block_users):
+            share = held.share(lo, min(lo + block_users, len(held)))
+            users = torch.as_tensor(share.users)
+            with torch.no_grad():
+                terms = [standardise(m.score_all(users).float()) for m in models]
+            for weights, table in zip(grid, found, strict=True):
+                combined = _Combined(num_items, weights, terms)
+                positions, _ = set_positions(combined, share, exclude, cut, batch_users=len(share))
+                values = set_metrics(positions, share.indptr, (cut,))
+                for name, kept in table.items():
+                    kept.append(values[metric_key(name, cut)])
+    finally:
+        for m, was in zip(models, training, strict=True):
+            m.train(was)
     rows = []
     for weights, table in zip(grid, found, strict=True):
         means = {name: float(np.concatenate(v).mean()) for name, v in table.items()}
