@@ -286,7 +286,7 @@ def test_a_restarted_job_resumes_from_its_checkpoint(tmp_path):
     """torchrun --max-restarts restarts a failed job with TORCHELASTIC_RESTART_COUNT > 0: the
     command then continues from the run's checkpoint by itself, to the uninterrupted metrics."""
     path = tmp_path / "ratings.dat"
-    write_ml1m(path, tiny_rows(num_users=300, num_items=120, per_user=30, seed=4))
+    write_ml1m(path, tiny_rows(num_users=150, num_items=120, per_user=30, seed=4))
     args = ["train", "--data", str(path), "--model", "gmf", "--epochs", "5", "--factors", "8",
             "--batch-size", "16", "--no-progress", "--step", "autograd"]  # fmt: skip
     whole = run_cli(*args, "--out", str(tmp_path / "whole"))
