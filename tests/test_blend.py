@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from conftest import tiny_rows, write_ml1m
 from torchcf.cli.main import main
-from torchcf.data.sources import DataSpec
+from torchcf.data.sources import DataSpec, load_split
+from torchcf.data.split import SplitConfig
 from torchcf.errors import ConfigError
+from torchcf.evaluation.sets import set_metrics, set_positions
 from torchcf.models.blend import Blend, standardise
-from torchcf.runs.blend import blend_runs, simplex_grid
+from torchcf.runs.blend import blend_runs, search_weights_sets, simplex_grid
 from torchcf.runs.evaluate import evaluate_run
 from torchcf.runs.train import run_training
 from torchcf.serving.http import create_app
@@ -186,13 +189,6 @@ def test_weight_search_on_held_out_sets_scores_each_part_once(runs, tmp_path):
     """The set search scores a block of users once per part and ranks every weighting from
     those rows: its table equals ranking each weighting's ``Blend`` directly, over blocks of
     any size (here 7 users: several blocks, the last one short)."""
-    import numpy as np
-
-    from torchcf.data.sources import load_split
-    from torchcf.data.split import SplitConfig
-    from torchcf.evaluation.sets import set_metrics, set_positions
-    from torchcf.runs.blend import search_weights_sets
-
     write_ml1m(tmp_path / "ratings.dat", tiny_rows(num_users=30, num_items=24, per_user=8))
     split = load_split(DataSpec(path=str(tmp_path / "ratings.dat")),
                        SplitConfig(split="ratio", mask="train"))[0]  # fmt: skip
