@@ -78,7 +78,7 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         "mf": [[*DOT, "--batch-size", "8192", "--lr", "0.003", "--epochs", "40"]],
         "ease": [["--l2", str(v)] for v in (100, 500)],  # ~10 min a fit: last
         "lightgcn": [["--fast"]],  # (chosen on validation: benchmarks/RESULTS.md, issue 26)
-        "lightgcn++": [[*PLUS, "--fast"]],
+        "lightgcn++": [[*PLUS, "--fast"], [*PLUS, "--fast", "--epochs", "400"]],
         "multvae": [["--fast"]],  # (~32 min; the paper's settings: RESULTS.md, issue 26)
     },
 }
