@@ -374,9 +374,7 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         filtered = np.zeros(0, np.int64) if filtered is None else filtered
         if self._seen_keys is None:  # (user, item) keys of the seen pairs, sorted, made once
-            rows = np.repeat(
-                np.arange(self.seen.shape[0], dtype=np.int64), np.diff(self.seen.indptr)
-            )
+            rows = np.repeat(np.arange(self.seen.shape[0], dtype=np.int64), self._degrees)
             self._seen_keys = np.sort(rows * self.num_items + self.seen.indices)
         seen = self._seen_keys
 
