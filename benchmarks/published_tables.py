@@ -42,6 +42,7 @@ DOT = ["--factors", "64", "--batch-size", "2048", "--negatives", "1"]
 LONG = ["--epochs", "1000", "--patience", "100"]
 PLUS = ["--norm-alpha", "0.6", "--norm-beta", "-0.1", "--gamma", "0.2", "--unit-norm"]
 BY_PAIR = ["--sample-by", "positive"]
+COSINE = ["--lr-schedule", "cosine", "--eval-every", "10"]
 VAE = ["--epochs", "200", "--patience", "50"]
 MODEL_OF = {"lightgcn++": "lightgcn"}  # grid entries that are settings of another model
 GRIDS: dict[str, dict[str, list[list[str]]]] = {
@@ -64,6 +65,10 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
             [*PLUS, *LONG, *BY_PAIR, "--layers", "2", "--threads", "1"],  # the ++ code's default
             [*PLUS, *LONG, "--threads", "1"],  # the reference's sampling
             [*PLUS, *LONG, "--layers", "2", "--threads", "1"],  # both
+            [*PLUS, "--fast"],  # Gowalla's recipe as it is
+            # the paper's rate and batch, decaying to 0 by a cosine (no noisy last epochs)
+            [*PLUS, *COSINE, "--epochs", "800"],
+            [*PLUS, *COSINE, "--epochs", "600", "--lr", "0.002"],
         ],
         "multvae": [VAE, ["--fast"]],  # (the paper's β schedule: β ≈ 0.004 after 800 steps)
     },
@@ -78,7 +83,11 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
         "mf": [[*DOT, "--batch-size", "8192", "--lr", "0.003", "--epochs", "40"]],
         "ease": [["--l2", str(v)] for v in (100, 500)],  # ~10 min a fit: last
         "lightgcn": [["--fast"]],  # (chosen on validation: benchmarks/RESULTS.md, issue 26)
-        "lightgcn++": [[*PLUS, "--fast"], [*PLUS, "--fast", "--epochs", "400"]],
+        "lightgcn++": [
+            [*PLUS, "--fast"],
+            [*PLUS, "--fast", "--epochs", "400"],
+            [*PLUS, "--fast", "--epochs", "400", "--layers", "2"],  # the ++ code's default
+        ],
         "multvae": [["--fast"]],  # (~32 min; the paper's settings: RESULTS.md, issue 26)
     },
 }

@@ -373,6 +373,10 @@ def test_compare_and_blend_on_held_out_sets(tmp_path):
     assert {p["protocol"] for p in report["pairs"]} == {"full"}
     text = (out / "report.md").read_text()
     assert "| NDCG@40 |" in text and "mask train" in text
+    # the published split is used as given: no split or sampled-candidate settings claimed
+    settings = text.split("## Settings")[1].split("## Command")[0]
+    assert "mask=train" in settings and "split=" not in settings
+    assert "test_fraction" not in settings and "eval_negatives" not in settings
     blended = tmp_path / "blend"
     runs = [str(out / "runs" / "seed-0" / m) for m in ("itemknn", "bpr")]
     done = run_cli("blend", *runs, "--out", str(blended))
