@@ -37,6 +37,7 @@ __all__ = [
     "ncf_split",
     "published_split",
     "ratio_split",
+    "settings_not_used",
     "temporal_split",
 ]
 
@@ -673,6 +674,22 @@ def _set_holdout(name: str, users: np.ndarray, items: np.ndarray) -> Holdout:
     return Holdout(name, users, items, np.zeros((len(users), 0), dtype=np.int64))
 
 
+_PUBLISHED = "published"
+_SETS_RANKING = "held-out sets among every item (full ranking)"
+
+
+def settings_not_used(protocol: dict[str, Any]) -> set[str]:
+    """The split settings a split's protocol record shows it did not use (a report leaves them
+    out): a published split is used as given, and held-out sets are ranked among every item,
+    without sampled candidates."""
+    unused = set()
+    if str(protocol.get("split", "")).startswith(_PUBLISHED):
+        unused |= {"split", "split_seed", "test_fraction", "valid_fraction"}
+    if protocol.get("ranking") == _SETS_RANKING:
+        unused.add("eval_negatives")
+    return unused
+
+
 def _set_protocol(
     kind: str, train: Interactions, test: Holdout, validation: Holdout | None, mask: str
 ) -> dict[str, Any]:
@@ -681,7 +698,7 @@ def _set_protocol(
     tested = len(np.unique(test.users))
     return {
         "split": kind,
-        "ranking": "held-out sets among every item (full ranking)",
+        "ranking": _SETS_RANKING,
         "mask": mask,
         "masked": "training items"
         + (" and validation items (test); training items (validation)" if mask == "known" else ""),
@@ -744,7 +761,7 @@ def published_split(
     files = data.files
     protocol = {
         **_set_protocol(
-            f"published ({files.format} files, used as given)", train, test, valid, mask
+            f"{_PUBLISHED} ({files.format} files, used as given)", train, test, valid, mask
         ),
         "files": [str(p) for p in files.paths],
         "notes": notes,

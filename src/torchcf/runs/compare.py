@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from torchcf.data.sources import DataSpec
-from torchcf.data.split import SEED
+from torchcf.data.split import SEED, settings_not_used
 from torchcf.errors import ConfigError, TorchcfError
 from torchcf.evaluation.significance import SeedSummary
 from torchcf.io import atomic_open, atomic_path, write_json
@@ -465,17 +465,6 @@ def _differences(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _unused_settings(protocol: dict[str, Any]) -> set[str]:
-    """Split settings the run's protocol does not use, left out of the report's settings: a
-    published split is used as given, and held-out sets are ranked among every item."""
-    unused = set()
-    if str(protocol.get("split", "")).startswith("published"):
-        unused |= {"split", "split_seed", "test_fraction", "valid_fraction"}
-    if str(protocol.get("ranking", "")).startswith("held-out sets"):
-        unused.add("eval_negatives")
-    return unused
-
-
 def render_report(report: dict[str, Any]) -> str:
     """The Markdown report: one table row per model, the pairs' differences in words and as a
     table, then protocol, settings, command and versions (every figure from ``report``)."""
@@ -495,7 +484,7 @@ def render_report(report: dict[str, Any]) -> str:
     lines += [f"- note: {note}" for note in protocol.get("notes", [])]
     varying = ("epochs", "batch_size", "optimizer", "learning_rate", "dropout", "weight_decay")
     first: dict[str, Any] = next(iter(report["settings"].values()), {})
-    unused = _unused_settings(protocol) | {"model"}
+    unused = settings_not_used(protocol) | {"model"}
     shared = {
         name: value
         for name, value in first.items()
