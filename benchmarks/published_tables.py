@@ -44,7 +44,10 @@ PLUS = ["--norm-alpha", "0.6", "--norm-beta", "-0.1", "--gamma", "0.2", "--unit-
 BY_PAIR = ["--sample-by", "positive"]
 COSINE = ["--lr-schedule", "cosine", "--eval-every", "10"]
 VAE = ["--epochs", "200", "--patience", "50"]
-MODEL_OF = {"lightgcn++": "lightgcn"}  # grid entries that are settings of another model
+# XSimGCL's settings (Yu et al. 2023: 2 layers, mean of E¹…E^K, ε 0.2, λ 0.2, τ 0.2, l* 1)
+XSIM = ["--gamma", "0", "--layers", "2", "--noise", "0.2", "--contrast", "0.2"]
+XSIM_PLUS = [*PLUS, "--noise", "0.2", "--contrast", "0.2", "--layers", "3"]  # on LightGCN++
+MODEL_OF = {"lightgcn++": "lightgcn", "xsimgcl": "lightgcn"}  # settings of another model
 GRIDS: dict[str, dict[str, list[list[str]]]] = {
     "lastfm": {
         "pop": [[]],
@@ -70,6 +73,10 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
             [*PLUS, *COSINE, "--epochs", "800"],
             [*PLUS, *COSINE, "--epochs", "600", "--lr", "0.002"],
         ],
+        "xsimgcl": [
+            [*XSIM, "--epochs", "100", "--eval-every", "10"],
+            [*XSIM_PLUS, "--epochs", "100", "--eval-every", "10"],
+        ],
         "multvae": [VAE, ["--fast"]],  # (the paper's β schedule: β ≈ 0.004 after 800 steps)
     },
     "gowalla": {
@@ -88,6 +95,7 @@ GRIDS: dict[str, dict[str, list[list[str]]]] = {
             [*PLUS, "--fast", "--epochs", "400"],
             [*PLUS, "--fast", "--epochs", "400", "--layers", "2"],  # the ++ code's default
         ],
+        "xsimgcl": [[*XSIM, "--epochs", "80", "--eval-every", "5", "--patience", "15"]],
         "multvae": [["--fast"]],  # (~32 min; the paper's settings: RESULTS.md, issue 26)
     },
 }

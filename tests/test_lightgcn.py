@@ -136,6 +136,11 @@ def test_the_fused_adam_step_equals_torch_adam_with_the_penalty():
         (["--norm-beta", "inf"], "norm_beta must be finite"),
         (["--decay", "-1"], "decay must be in"),
         (["--lr", "nan"], "learning_rate must be finite"),
+        # XSimGCL's settings
+        (["--contrast", "0.2", "--contrast-layer", "4"], "contrast_layer 4 is above the 3"),
+        (["--noise", "-0.1"], "noise must be in"),
+        (["--temperature", "0"], "temperature must be in"),
+        (["--contrast", "inf"], "contrast must be finite"),
     ],
 )
 def test_hostile_settings_are_one_line_errors(tmp_path, flags, message):
@@ -187,3 +192,57 @@ def test_without_the_kernel_torch_sparse_gives_the_same_propagation(monkeypatch)
     compiled = built.final().detach()
     monkeypatch.setattr(native, "load", lambda *a, **k: None)
     torch.testing.assert_close(built.final().detach(), compiled, rtol=1e-5, atol=1e-6)
+
+
+def test_xsimgcl_noise_has_norm_epsilon_and_scoring_is_noise_free():
+    data = graph_data()
+    plain = model(data, layers=1, gamma=0.0)
+    noisy = model(data, layers=1, gamma=0.0, noise=0.3)
+    users = torch.arange(USERS)
+    assert torch.equal(plain.eval().score_all(users), noisy.eval().score_all(users))
+    noisy.train()
+    noisy.noise_key.key = (0, 1, 0)
+    with torch.no_grad():
+        clean = noisy.final()
+        first = noisy._training_final()
+        again = noisy._training_final()
+    # each row of the noise is sign(E)·ε·u/‖u‖: norm ε where the row has no zero entry
+    rows = (clean != 0).all(1)
+    norms = (first - clean).norm(dim=1)
+    torch.testing.assert_close(norms[rows], torch.full_like(norms[rows], 0.3))
+    assert ((first - clean) * clean >= 0).all()  # the noise keeps each entry's sign
+    assert torch.equal(first, again)  # keyed by the step: the same draw
+    noisy.noise_key.key = (0, 2, 0)
+    with torch.no_grad():
+        assert not torch.equal(noisy._training_final(), first)
+
+
+def simgcl_info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """SimGCL's formula, written out: −log(exp(cos(aᵢ, bᵢ)/τ) / Σⱼ exp(cos(aᵢ, bⱼ)/τ))."""
+    a = a / a.norm(dim=1, keepdim=True)
+    b = b / b.norm(dim=1, keepdim=True)
+    positive = torch.exp((a * b).sum(1) / tau)
+    total = torch.exp(a @ b.T / tau).sum(1)
+    return (-torch.log(positive / total)).mean()
+
+
+def test_xsimgcl_contrastive_loss_equals_a_direct_computation():
+    data = graph_data()
+    built = model(data, layers=2, contrast=0.5, temperature=0.3, contrast_layer=2, decay=0.0)
+    built.train()
+    users = torch.tensor([[0], [2], [0], [5]])
+    items = torch.tensor([[1, 3], [4, 0], [1, 8], [6, 6]])
+    built(users, items)
+    got = built.penalty(users, items)
+    assert built._views is None  # consumed: the next step propagates again
+    e0 = torch.cat([built.user_embedding.weight, built.item_embedding.weight]).detach().double()
+    c = built.config
+    with torch.no_grad():
+        outputs = [dense_final(model(data, layers=k, gamma=0.0), data, e0) for k in (1, 2)]
+        layer2 = (2 * outputs[1] - outputs[0]).float()  # mean(E¹, E²) → E²
+        final = dense_final(built, data, e0).float()
+    u, i = torch.tensor([0, 2, 5]), USERS + torch.tensor([1, 4, 6])
+    want = c.contrast * (
+        simgcl_info_nce(final[u], layer2[u], 0.3) + simgcl_info_nce(final[i], layer2[i], 0.3)
+    )
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

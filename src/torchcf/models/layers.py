@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -15,6 +16,7 @@ __all__ = [
     "Dropout",
     "dropout_keep",
     "KernelLayout",
+    "StepKey",
     "TowerLayout",
     "head",
     "init_embedding",
@@ -136,6 +138,24 @@ class Dropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, layer={self.layer}"
+
+
+class StepKey(nn.Module):
+    """Keys a model's random draws other than dropout (LightGCN's noise): the training step
+    sets ``key = (seed, step, row)`` before each batch, as it does a ``Dropout``'s, so a resumed
+    run draws what an uninterrupted one would; without a key (outside a step) ``generator``
+    gives None (torch's global generator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key: tuple[int, int, int] | None = None
+
+    def generator(self, device: torch.device, stream: int = 0) -> torch.Generator | None:
+        """A generator seeded by the key and ``stream`` (one per kind of draw)."""
+        if self.key is None:
+            return None
+        seed = int(np.random.default_rng([*self.key, stream]).integers(2**62))
+        return torch.Generator(device=device).manual_seed(seed)
 
 
 def tower(

@@ -10,6 +10,12 @@ embeddings. Training (BPR with one negative per positive, the reference's L2 on 
 ``E⁰`` rows: ``penalty``) propagates the whole graph every step, as the mathematics requires;
 scoring propagates once per set of weights and keeps the result.
 
+XSimGCL (Yu et al., TKDE 2023) is a training setting of the same model: in training each layer's
+output gets uniform noise ``sign(Eᵏ) ⊙ ε·u/‖u‖`` (``noise``), and ``contrast`` weighs an InfoNCE
+loss (temperature ``temperature``) between the batch's final user and positive-item embeddings
+and the same rows of layer ``contrast_layer`` (each row's positive is itself, the batch's other
+rows its negatives); scoring stays noise-free. XSimGCL's own pooling is ``γ = 0``.
+
 The graph products run through a compiled CSR kernel (``native``) with both cores where it
 builds, ``torch.sparse`` otherwise; their gradient is the product with ``Âᵀ`` (``Â`` itself
 when ``α = β``).
@@ -24,9 +30,11 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from torchcf import native
+from torchcf.errors import ConfigError
 from torchcf.models.base import (
     Choice,
     FloatRange,
@@ -37,9 +45,20 @@ from torchcf.models.base import (
     factors_setting,
     init_std_setting,
 )
-from torchcf.settings import between, setting, unit_interval
+from torchcf.models.layers import StepKey
+from torchcf.settings import above, between, setting, unit_interval
 
-__all__ = ["SPEC", "Graph", "LightGCN", "LightGCNConfig", "normalised_graph", "propagate"]
+__all__ = [
+    "SPEC",
+    "Graph",
+    "LightGCN",
+    "LightGCNConfig",
+    "info_nce",
+    "layer_outputs",
+    "normalised_graph",
+    "pool",
+    "propagate",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,34 @@ class LightGCNConfig(ModelConfig):
         "lightgcn: L2 weight on the batch's E⁰ rows, ½·decay·Σ‖e⁰‖²/B (the reference's decay)",
         check=between(0, 1e3),
     )
+    noise: float = setting(
+        0.0,
+        "lightgcn: XSimGCL's ε: in training each layer's output gets sign(E)·ε·u/‖u‖, "
+        "u uniform in [0, 1) (0: none)",
+        check=between(0, 100),
+    )
+    contrast: float = setting(
+        0.0,
+        "lightgcn: XSimGCL's λ: weight of the InfoNCE loss between the batch's final embeddings "
+        "and those of layer --contrast-layer (0: none)",
+        check=between(0, 1e3),
+    )
+    contrast_layer: int = setting(
+        1,
+        "lightgcn: the layer whose embeddings the final ones are contrasted with",
+        check=between(1, 16),
+    )
+    temperature: float = setting(
+        0.2, "lightgcn: the temperature τ of the contrastive loss", check=above(0, 1e3)
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.contrast > 0 and self.contrast_layer > self.layers:
+            raise ConfigError(
+                f"{self.owner}: contrast_layer {self.contrast_layer} is above the "
+                f"{self.layers} propagation layers"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,21 +179,50 @@ class _GraphProduct(torch.autograd.Function):
         return _spmm(ctx.graph.backward, grad), None
 
 
-def propagate(
-    graph: Graph, e0: torch.Tensor, layers: int, gamma: float | None, unit_norm: bool
-) -> torch.Tensor:
-    """The final embeddings ``γ E⁰ + (1 − γ) mean(E¹ … E^K)``, ``Eᵏ⁺¹ = Â f(Eᵏ)`` (``f``: the
-    identity, or rows scaled to unit norm with ``unit_norm``); ``(U + I, d)``."""
-    if layers == 0:
-        return e0
-    weight = 1.0 / (layers + 1) if gamma is None else gamma
-    layer, total = e0, torch.zeros_like(e0)
+def layer_outputs(
+    graph: Graph,
+    e0: torch.Tensor,
+    layers: int,
+    unit_norm: bool,
+    noise: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """``E¹ … E^K``, ``Eᵏ⁺¹ = Â f(Eᵏ) + Δ`` (``f``: the identity, or rows scaled to unit norm
+    with ``unit_norm``; ``Δ = sign · noise · u/‖u‖``, ``u`` uniform, drawn from ``generator``)."""
+    outputs, layer = [], e0
     for _ in range(layers):
         if unit_norm:
             layer = layer / (layer.norm(dim=1, keepdim=True) + 1e-12)
         layer = _GraphProduct.apply(layer, graph)
-        total = total + layer
-    return weight * e0 + (1.0 - weight) * (total / layers)
+        if noise > 0:
+            u = torch.rand(layer.shape, generator=generator, dtype=layer.dtype, device=layer.device)
+            # (sign's gradient is 0: the noise is a constant of the step for autograd)
+            layer = layer + torch.sign(layer.detach()) * F.normalize(u, dim=1) * noise
+        outputs.append(layer)
+    return outputs
+
+
+def pool(e0: torch.Tensor, outputs: list[torch.Tensor], gamma: float | None) -> torch.Tensor:
+    """``γ E⁰ + (1 − γ) mean(E¹ … E^K)`` (``γ`` by default ``1/(K + 1)``; ``E⁰`` without layers)."""
+    if not outputs:
+        return e0
+    weight = 1.0 / (len(outputs) + 1) if gamma is None else gamma
+    return weight * e0 + (1.0 - weight) * (sum(outputs[1:], outputs[0]) / len(outputs))
+
+
+def propagate(
+    graph: Graph, e0: torch.Tensor, layers: int, gamma: float | None, unit_norm: bool
+) -> torch.Tensor:
+    """The final embeddings ``γ E⁰ + (1 − γ) mean(E¹ … E^K)`` of ``layer_outputs`` without
+    noise; ``(U + I, d)``."""
+    return pool(e0, layer_outputs(graph, e0, layers, unit_norm), gamma)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean InfoNCE of rows of ``a`` against rows of ``b`` (cosine / τ): each row's positive is
+    its own row of ``b``, the other rows its negatives."""
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
 
 class LightGCN(KeptRows, ScoringModel):
@@ -182,6 +258,9 @@ class LightGCN(KeptRows, ScoringModel):
         self.keep_rows(num_users, nnz)  # the training graph, saved: Â is rebuilt from it
         self._graph: tuple[tuple[int, ...], Graph] | None = None
         self._scores: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self.noise_key = StepKey()  # the training step keys the noise draws
+        # the training forward's final and contrast-layer tables, for ``penalty`` (XSimGCL)
+        self._views: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def graph(self) -> Graph:
         """``Â`` of the kept training graph: built once, again only when the graph changes."""
@@ -201,6 +280,20 @@ class LightGCN(KeptRows, ScoringModel):
         e0 = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         c = self.config
         return propagate(self.graph(), e0, c.layers, c.gamma, c.unit_norm)
+
+    def _training_final(self) -> torch.Tensor:
+        """``final()`` of a training step: with XSimGCL's noise in every layer, and the
+        contrast layer kept for ``penalty``."""
+        c = self.config
+        if not self.training or (c.noise == 0 and c.contrast == 0):
+            return self.final()
+        e0 = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        gen = self.noise_key.generator(e0.device)
+        outputs = layer_outputs(self.graph(), e0, c.layers, c.unit_norm, c.noise, gen)
+        table = pool(e0, outputs, c.gamma)
+        if c.contrast > 0:
+            self._views = (table, outputs[c.contrast_layer - 1])
+        return table
 
     def train(self, mode: bool = True) -> LightGCN:
         """Also forgets the propagation kept for scoring: training moves the weights (an
@@ -223,7 +316,7 @@ class LightGCN(KeptRows, ScoringModel):
         return self._scores[1]
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        table = self.final() if torch.is_grad_enabled() else self._scoring()
+        table = self._training_final() if torch.is_grad_enabled() else self._scoring()
         return (table[users] * table[self.num_users + items]).sum(-1)
 
     def score_all(self, users: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -231,10 +324,21 @@ class LightGCN(KeptRows, ScoringModel):
         return table[users] @ table[self.num_users :].T
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``½·decay·(Σ‖e⁰_u‖² + Σ‖e⁰_i‖²) / B`` over the batch's rows (repeats counted)."""
+        """``½·decay·(Σ‖e⁰_u‖² + Σ‖e⁰_i‖²) / B`` over the batch's rows (repeats counted), and
+        with ``contrast`` XSimGCL's ``λ·(InfoNCE(users) + InfoNCE(positive items))`` over the
+        batch's distinct users and positive items (the first of each pair; every item of a
+        pointwise batch)."""
         rows = max(1, users.shape[0])
         squares = self.user_embedding(users).pow(2).sum() + self.item_embedding(items).pow(2).sum()
-        return 0.5 * self.config.decay * squares / rows
+        loss = 0.5 * self.config.decay * squares / rows
+        if self._views is None:
+            return loss
+        (table, view), self._views = self._views, None
+        positives = items[..., 0] if items.dim() > 1 else items
+        c = self.config
+        for ids in (torch.unique(users), self.num_users + torch.unique(positives)):
+            loss = loss + c.contrast * info_nce(table[ids], view[ids], c.temperature)
+        return loss
 
     def item_vectors(self) -> torch.Tensor:
         return self._scoring()[self.num_users :]

@@ -21,7 +21,7 @@ from torchcf import native
 from torchcf.distributed import World
 from torchcf.errors import ConfigError
 from torchcf.models.base import ScoringModel
-from torchcf.models.layers import DotLayout, Dropout, TowerLayout
+from torchcf.models.layers import DotLayout, Dropout, StepKey, TowerLayout
 from torchcf.training.losses import LOSSES
 
 if TYPE_CHECKING:
@@ -89,11 +89,12 @@ def _forward(
 
 
 class DropoutKeys:
-    """Keys the model's dropout layers by (seed, step) before each batch: the compiled tower
-    kernel's masks, so the autograd path and the kernel drop the same units."""
+    """Keys the model's dropout layers (and its other keyed draws, ``StepKey``) by (seed, step)
+    before each batch: the compiled tower kernel's masks, so the autograd path and the kernel
+    drop the same units, and a resumed run draws what an uninterrupted one would."""
 
     def __init__(self, model: ScoringModel, seed: int) -> None:
-        self.dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
+        self.dropouts = [m for m in model.modules() if isinstance(m, Dropout | StepKey)]
         self.seed = seed
         self.taken = 0  # optimizer steps taken
 
