@@ -136,11 +136,8 @@ def test_the_fused_adam_step_equals_torch_adam_with_the_penalty():
         (["--norm-beta", "inf"], "norm_beta must be finite"),
         (["--decay", "-1"], "decay must be in"),
         (["--lr", "nan"], "learning_rate must be finite"),
-        # XSimGCL's settings
+        # XSimGCL's settings (their other checks: below, in process)
         (["--contrast", "0.2", "--contrast-layer", "4"], "contrast_layer 4 is above the 3"),
-        (["--noise", "-0.1"], "noise must be in"),
-        (["--temperature", "0"], "temperature must be in"),
-        (["--contrast", "inf"], "contrast must be finite"),
     ],
 )
 def test_hostile_settings_are_one_line_errors(tmp_path, flags, message):
@@ -148,6 +145,21 @@ def test_hostile_settings_are_one_line_errors(tmp_path, flags, message):
     done = train(write_split(tmp_path / "s"), out, "lightgcn", *flags)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"noise": -0.1}, "noise must be in"),
+        ({"temperature": 0.0}, "temperature must be in"),
+        ({"contrast": float("inf")}, "contrast must be finite"),
+        ({"contrast_layer": 0}, "contrast_layer must be in"),
+    ],
+)
+def test_hostile_xsimgcl_settings_are_config_errors(settings, message):
+    """(The CLI turns a ConfigError into one line and exit status 2: the cases above.)"""
+    with pytest.raises(ConfigError, match=message):
+        LightGCN(USERS, ITEMS, **settings)
 
 
 def test_lightgcn_trains_serves_and_refuses_several_processes(tmp_path):
