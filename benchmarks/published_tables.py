@@ -44,7 +44,7 @@ PLUS = ["--norm-alpha", "0.6", "--norm-beta", "-0.1", "--gamma", "0.2", "--unit-
 BY_PAIR = ["--sample-by", "positive"]
 COSINE = ["--lr-schedule", "cosine", "--eval-every", "10"]
 VAE = ["--epochs", "200", "--patience", "50"]
-# XSimGCL's settings (Yu et al. 2023: 2 layers, mean of E¹…E^K, ε 0.2, λ 0.2, τ 0.2, l* 1)
+# XSimGCL (Yu et al. 2023) in its authors' range: 2 layers, mean of E¹…E^K, ε = λ = τ = 0.2, l* 1
 XSIM = ["--gamma", "0", "--layers", "2", "--noise", "0.2", "--contrast", "0.2"]
 XSIM_PLUS = [*PLUS, "--noise", "0.2", "--contrast", "0.2", "--layers", "3"]  # on LightGCN++
 MODEL_OF = {"lightgcn++": "lightgcn", "xsimgcl": "lightgcn"}  # settings of another model
