@@ -20,6 +20,7 @@ __all__ = [
     "TowerLayout",
     "head",
     "init_embedding",
+    "keyed_generator",
     "tower",
     "tower_layout",
     "tower_output",
@@ -152,10 +153,15 @@ class StepKey(nn.Module):
 
     def generator(self, device: torch.device, stream: int = 0) -> torch.Generator | None:
         """A generator seeded by the key and ``stream`` (one per kind of draw)."""
-        if self.key is None:
-            return None
-        seed = int(np.random.default_rng([*self.key, stream]).integers(2**62))
-        return torch.Generator(device=device).manual_seed(seed)
+        return None if self.key is None else keyed_generator(self.key, stream, device)
+
+
+def keyed_generator(
+    key: tuple[int, int, int], stream: int, device: torch.device
+) -> torch.Generator:
+    """A torch generator seeded by a step's ``key`` and a ``stream`` (one per kind of draw)."""
+    seed = int(np.random.default_rng([*key, stream]).integers(2**62))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def tower(

@@ -277,9 +277,11 @@ class LightGCN(KeptRows, ScoringModel):
 
     def final(self) -> torch.Tensor:
         """The propagated embeddings ``(U + I, d)`` (with gradients when training)."""
-        e0 = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         c = self.config
-        return propagate(self.graph(), e0, c.layers, c.gamma, c.unit_norm)
+        return propagate(self.graph(), self._e0(), c.layers, c.gamma, c.unit_norm)
+
+    def _e0(self) -> torch.Tensor:
+        return torch.cat([self.user_embedding.weight, self.item_embedding.weight])
 
     def _training_final(self) -> torch.Tensor:
         """``final()`` of a training step: with XSimGCL's noise in every layer, and the
@@ -287,7 +289,7 @@ class LightGCN(KeptRows, ScoringModel):
         c = self.config
         if not self.training or (c.noise == 0 and c.contrast == 0):
             return self.final()
-        e0 = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        e0 = self._e0()
         gen = self.noise_key.generator(e0.device)
         outputs = layer_outputs(self.graph(), e0, c.layers, c.unit_norm, c.noise, gen)
         table = pool(e0, outputs, c.gamma)

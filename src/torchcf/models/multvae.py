@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,7 +33,7 @@ from torchcf.models.base import (
     ScoringModel,
     gather_scores,
 )
-from torchcf.models.layers import Dropout
+from torchcf.models.layers import Dropout, keyed_generator
 from torchcf.settings import below_one, between, setting
 
 __all__ = ["SPEC", "MultVAE", "MultVAEConfig", "kl_weight"]
@@ -140,10 +139,7 @@ class MultVAE(KeptRows, ScoringModel):
         mu, logvar = self.encode(items, offsets, counts, drop=self.training)
         key = self.input_dropout.key
         if self.training:
-            gen = None
-            if key is not None:
-                seed = int(np.random.default_rng([*key, 1]).integers(2**62))
-                gen = torch.Generator(device=mu.device).manual_seed(seed)
+            gen = None if key is None else keyed_generator(key, 1, mu.device)
             noise = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
             z = mu + noise * torch.exp(0.5 * logvar)
         else:
